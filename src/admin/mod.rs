@@ -1,0 +1,230 @@
+//! The XXL-JOB admin side: wire DTOs ([`wire`]) and the client that calls
+//! `{admin}/api/registry`, `registryRemove` and `callback`.
+//!
+//! The token header is always sent, even when empty (3.3.0–3.3.1 admins require it). An admin
+//! URL works with or without its `/xxl-job-admin` context path: on HTTP 404 the other form is
+//! tried once and remembered, since admins before 3.4.1 default to that path and later ones to `/`.
+
+pub mod wire;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::AdminConfig;
+use crate::telemetry::Metrics;
+use wire::{AdminReply, HandleCallbackParam, RegistryParam};
+
+/// The header both sides use for the shared token.
+pub const TOKEN_HEADER: &str = "XXL-JOB-ACCESS-TOKEN";
+
+/// A failed call to one admin.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AdminError {
+    /// Connect, timeout or protocol error.
+    #[error("xxl-job remoting error({0}), for url : {1}")]
+    Transport(String, String),
+    /// The admin answered with an HTTP status other than 200.
+    #[error("Http Request fail, statusCode({0}) for url : {1}")]
+    Status(u16, String),
+    /// The admin answered, but not with `code == 200`.
+    #[error("callbackResult: code={0}, msg={1}")]
+    Rejected(i32, String),
+    /// The body was not the admin's JSON envelope.
+    #[error("xxl-job remoting (url={0}) response content invalid({1}).")]
+    Invalid(String, String),
+    /// No admin is configured.
+    #[error("no admin address is configured")]
+    NoAdmin,
+}
+
+impl AdminError {
+    /// A bounded label value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Transport(..) => "unreachable",
+            Self::Status(..) => "http_error",
+            Self::Rejected(..) => "rejected",
+            Self::Invalid(..) => "invalid_reply",
+            Self::NoAdmin => "no_admin",
+        }
+    }
+}
+
+/// One admin and the base URL that answered last.
+#[derive(Debug)]
+struct Admin {
+    configured: String,
+    resolved: Mutex<String>,
+}
+
+/// Client for every configured admin; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AdminClient {
+    http: reqwest::Client,
+    admins: Arc<Vec<Admin>>,
+    token: String,
+    metrics: Metrics,
+}
+
+const CONTEXT_PATH: &str = "/xxl-job-admin";
+
+impl AdminClient {
+    /// Builds the client.
+    ///
+    /// # Errors
+    /// The TLS backend could not be initialised.
+    pub fn new(cfg: &AdminConfig, metrics: Metrics) -> Result<Self, AdminError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(cfg.timeout)
+            .timeout(cfg.timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(2)
+            .user_agent(concat!("xxl-edge/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| AdminError::Transport(e.to_string(), String::new()))?;
+        Ok(Self {
+            http,
+            admins: Arc::new(
+                cfg.addresses
+                    .iter()
+                    .map(|a| Admin {
+                        configured: a.clone(),
+                        resolved: Mutex::new(a.clone()),
+                    })
+                    .collect(),
+            ),
+            token: cfg.access_token.clone(),
+            metrics,
+        })
+    }
+
+    /// The configured admin addresses, in order.
+    pub fn addresses(&self) -> Vec<String> {
+        self.admins.iter().map(|a| a.configured.clone()).collect()
+    }
+
+    /// Registers with admin `i`.
+    ///
+    /// # Errors
+    /// The call failed or was rejected.
+    pub async fn registry(&self, i: usize, p: &RegistryParam) -> Result<(), AdminError> {
+        self.call(i, "registry", p).await
+    }
+
+    /// Deregisters from admin `i`.
+    ///
+    /// # Errors
+    /// The call failed or was rejected.
+    pub async fn registry_remove(&self, i: usize, p: &RegistryParam) -> Result<(), AdminError> {
+        self.call(i, "registryRemove", p).await
+    }
+
+    /// Sends a callback batch to the first admin that answers `code == 200`.
+    ///
+    /// # Errors
+    /// The last admin's error when none accepted it.
+    pub async fn callback(&self, batch: &[HandleCallbackParam]) -> Result<usize, AdminError> {
+        let mut last = AdminError::NoAdmin;
+        for i in 0..self.admins.len() {
+            match self.call(i, "callback", batch).await {
+                Ok(()) => return Ok(i),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn call<T: serde::Serialize + ?Sized>(
+        &self,
+        i: usize,
+        call: &str,
+        body: &T,
+    ) -> Result<(), AdminError> {
+        let admin = self.admins.get(i).ok_or(AdminError::NoAdmin)?;
+        let started = Instant::now();
+        let base = admin
+            .resolved
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        let mut res = self.post(&base, call, body).await;
+        if let Err(AdminError::Status(404, _)) = res {
+            let alt = match base.strip_suffix(CONTEXT_PATH) {
+                Some(stripped) => stripped.to_string(),
+                None => format!("{base}{CONTEXT_PATH}"),
+            };
+            let alt_res = self.post(&alt, call, body).await;
+            if !matches!(alt_res, Err(AdminError::Status(404, _))) {
+                if let Ok(mut r) = admin.resolved.lock() {
+                    tracing::info!(configured = %admin.configured, using = %alt, "Admin answers under another context path; using it.");
+                    *r = alt;
+                }
+                res = alt_res;
+            }
+        }
+        let result = match &res {
+            Ok(()) => "ok",
+            Err(e) => e.kind(),
+        };
+        self.metrics
+            .admin_requests
+            .with_label_values(&[&admin.configured, call, result])
+            .inc();
+        self.metrics
+            .admin_latency
+            .with_label_values(&[&admin.configured, call])
+            .observe(started.elapsed().as_secs_f64());
+        res
+    }
+
+    async fn post<T: serde::Serialize + ?Sized>(
+        &self,
+        base: &str,
+        call: &str,
+        body: &T,
+    ) -> Result<(), AdminError> {
+        let url = format!("{base}/api/{call}");
+        let json = serde_json::to_vec(body)
+            .map_err(|e| AdminError::Invalid(url.clone(), e.to_string()))?;
+        let resp = self
+            .http
+            .post(&url)
+            .header("Content-Type", "application/json;charset=UTF-8")
+            .header(TOKEN_HEADER, &self.token)
+            .body(json)
+            .send()
+            .await
+            .map_err(|e| AdminError::Transport(error_chain(&e), url.clone()))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(AdminError::Status(status, url));
+        }
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| AdminError::Transport(error_chain(&e), url.clone()))?;
+        let reply: AdminReply = serde_json::from_str(&text)
+            .map_err(|_| AdminError::Invalid(url.clone(), text.chars().take(200).collect()))?;
+        if reply.code == 200 {
+            Ok(())
+        } else {
+            Err(AdminError::Rejected(
+                reply.code,
+                reply.msg.unwrap_or_default(),
+            ))
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

@@ -1,0 +1,348 @@
+//! The executor's HTTP face: `/beat`, `/idleBeat`, `/run` (and `/trigger`), `/kill`, `/log`,
+//! plus `GET /metrics` and `GET /healthz`.
+//!
+//! Requests are checked in the reference's order (protocol §1.1): method, token (constant-time),
+//! exact request target (no prefix stripping, no trailing slash, a query string is part of the
+//! target), then the body, read up to a limit whether or not a Content-Length came with it.
+//! Every answer is HTTP 200 with the JSON envelope; [`ApiError`] is the one mapping from a failure
+//! to that envelope.
+
+use std::sync::Arc;
+
+use bytes::Buf;
+use futures_util::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use warp::http::{HeaderValue, Method, StatusCode};
+use warp::reply::Response;
+use warp::Filter;
+
+use crate::admin::wire::{JobIdParam, LogParam, LogResult, ReturnT, TriggerParam};
+use crate::config::ServerConfig;
+use crate::job::{JobId, LogId, Trigger};
+use crate::registry::RegistrationStatus;
+use crate::runner::{Refusal, Runner};
+use crate::store::Store;
+use crate::telemetry::{Metrics, TriggerResult};
+
+/// Everything the routes need.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The runner.
+    pub runner: Runner,
+    /// The store (read-only here: logs and gauges).
+    pub store: Store,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Expected token; empty disables the check.
+    pub token: String,
+    /// Limits.
+    pub limits: ServerConfig,
+    /// Serve `/metrics` on this port.
+    pub serve_metrics: bool,
+    /// Registration ages, for the gauge.
+    pub registration: RegistrationStatus,
+    /// Admin addresses, for the gauge's label.
+    pub admins: Vec<String>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState").finish_non_exhaustive()
+    }
+}
+
+/// Every way a request fails, mapped to the reference's envelope in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Not POST.
+    #[error("invalid request, HttpMethod not support.")]
+    Method,
+    /// Missing or wrong token.
+    #[error("The access token is wrong.")]
+    Token,
+    /// Unknown request target.
+    #[error("invalid request, uri-mapping({0}) not found.")]
+    NotFound(String),
+    /// Body over the limit.
+    #[error("request error:request body exceeds the limit of {0} bytes (server.body_limit_bytes)")]
+    TooLarge(usize),
+    /// Unreadable or malformed body.
+    #[error("request error:{0}")]
+    Malformed(String),
+    /// The trigger is not valid (the reference's message, verbatim).
+    #[error("{0}")]
+    Invalid(String),
+    /// The runner refused the trigger.
+    #[error("{0}")]
+    Refused(#[from] Refusal),
+}
+
+fn json_reply<T: serde::Serialize>(body: &T) -> Response {
+    let text = serde_json::to_string(body)
+        .unwrap_or_else(|_| r#"{"code":500,"msg":"response encoding failed"}"#.to_string());
+    let mut resp = Response::new(text.into());
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/json;charset=UTF-8"),
+    );
+    resp
+}
+
+impl ApiError {
+    fn into_response(self) -> Response {
+        json_reply(&ReturnT::fail(self.to_string()))
+    }
+}
+
+/// Builds all routes. Tests call this with `warp::test`, the binary serves it.
+pub fn routes(
+    state: Arc<ApiState>,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let with_state = {
+        let s = state.clone();
+        warp::any().map(move || s.clone())
+    };
+    let metrics = warp::get()
+        .and(warp::path("metrics"))
+        .and(warp::path::end())
+        .and(with_state.clone())
+        .and_then(|s: Arc<ApiState>| async move {
+            if s.serve_metrics {
+                Ok(metrics_response(&s))
+            } else {
+                Err(warp::reject::not_found())
+            }
+        });
+    let healthz = warp::get()
+        .and(warp::path("healthz"))
+        .and(warp::path::end())
+        .map(|| {
+            let mut r = Response::new("ok\n".into());
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("text/plain"));
+            r
+        });
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    let rpc = warp::method()
+        .and(warp::path::full())
+        .and(query)
+        .and(warp::header::optional::<String>("xxl-job-access-token"))
+        .and(warp::body::stream())
+        .and(with_state)
+        .then(
+            |method: Method,
+             path: warp::path::FullPath,
+             query: String,
+             token: Option<String>,
+             body,
+             s: Arc<ApiState>| async move {
+                let target = if query.is_empty() {
+                    path.as_str().to_string()
+                } else {
+                    format!("{}?{query}", path.as_str())
+                };
+                match dispatch(&s, &method, &target, token.as_deref(), body).await {
+                    Ok(r) => r,
+                    Err(e) => e.into_response(),
+                }
+            },
+        );
+    metrics.or(healthz).unify().or(rpc).unify()
+}
+
+/// Only the `/metrics` route, for a separate listen address.
+pub fn metrics_routes(
+    state: Arc<ApiState>,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::get()
+        .and(warp::path("metrics"))
+        .and(warp::path::end())
+        .map(move || metrics_response(&state))
+}
+
+fn metrics_response(s: &ApiState) -> Response {
+    s.metrics.outbox_entries.set(s.store.outbox_len() as i64);
+    s.metrics
+        .outbox_oldest_age
+        .set(s.store.outbox_oldest_age().map_or(0.0, |d| d.as_secs_f64()));
+    s.metrics.store_size.set(s.store.size_on_disk() as i64);
+    for (admin, age) in s.admins.iter().zip(s.registration.ages()) {
+        // Never registered: report the age as +Inf so "no registration for N minutes" fires.
+        s.metrics
+            .registration_age
+            .with_label_values(&[admin])
+            .set(age.map_or(f64::INFINITY, |d| d.as_secs_f64()));
+    }
+    let mut r = Response::new(s.metrics.render().into());
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+fn token_ok(expected: &str, got: Option<&str>) -> bool {
+    if expected.trim().is_empty() {
+        return true;
+    }
+    let Some(got) = got else {
+        return false;
+    };
+    // Constant time in the token's content: every byte is compared whatever the first mismatch.
+    let (a, b) = (expected.as_bytes(), got.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+async fn read_body<S, B>(body: S, limit: usize) -> Result<Vec<u8>, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let mut body = body;
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| ApiError::Malformed(e.to_string()))?;
+        if out.len() + chunk.remaining() > limit {
+            return Err(ApiError::TooLarge(limit));
+        }
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            out.extend_from_slice(c);
+            let n = c.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out)
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::Malformed(e.to_string()))
+}
+
+async fn dispatch<S, B>(
+    s: &ApiState,
+    method: &Method,
+    target: &str,
+    token: Option<&str>,
+    body: S,
+) -> Result<Response, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    if method != Method::POST {
+        return Err(ApiError::Method);
+    }
+    if !token_ok(&s.token, token) {
+        return Err(ApiError::Token);
+    }
+    let route = match target {
+        "/beat" | "/idleBeat" | "/run" | "/trigger" | "/kill" | "/log" => target,
+        other => return Err(ApiError::NotFound(other.to_string())),
+    };
+    let body = read_body(body, s.limits.body_limit_bytes).await?;
+    match route {
+        "/beat" => Ok(json_reply(&ReturnT::success())),
+        "/idleBeat" => {
+            let p: JobIdParam = parse(&body)?;
+            if s.runner.is_busy(JobId(p.job_id)) {
+                Ok(json_reply(&ReturnT::fail(
+                    "job thread is running or has trigger queue.",
+                )))
+            } else {
+                Ok(json_reply(&ReturnT::success()))
+            }
+        }
+        "/kill" => {
+            let p: JobIdParam = parse(&body)?;
+            if s.runner.kill(JobId(p.job_id)) {
+                Ok(json_reply(&ReturnT::success()))
+            } else {
+                Ok(json_reply(&ReturnT::success_with(
+                    "job thread already killed.",
+                )))
+            }
+        }
+        "/log" => {
+            let p: LogParam = parse(&body)?;
+            Ok(json_reply(&ReturnT::success_with(read_log(s, &p))))
+        }
+        // "/run" and the 3.5 name "/trigger".
+        _ => {
+            let p: TriggerParam = match parse(&body) {
+                Ok(p) => p,
+                Err(e) => {
+                    s.metrics.trigger("unknown", TriggerResult::Invalid);
+                    return Err(e);
+                }
+            };
+            let t = match Trigger::try_from(p) {
+                Ok(t) => t,
+                Err(e) => {
+                    s.metrics.trigger("unknown", TriggerResult::Invalid);
+                    return Err(ApiError::Invalid(e.to_string()));
+                }
+            };
+            s.runner.submit(t).await?;
+            Ok(json_reply(&ReturnT::success()))
+        }
+    }
+}
+
+fn read_log(s: &ApiState, p: &LogParam) -> LogResult {
+    let from = p.from_line_num;
+    let page = s.store.read_log(
+        LogId(p.log_id),
+        u32::try_from(from.max(1)).unwrap_or(1),
+        s.limits.log_page_max_lines,
+        s.limits.log_page_max_bytes,
+    );
+    match page {
+        Ok(Some(page)) => {
+            let mut content = String::new();
+            for l in &page.lines {
+                content.push_str(l);
+                content.push('\n');
+            }
+            LogResult {
+                from_line_num: from,
+                to_line_num: i32::try_from(page.to).unwrap_or(i32::MAX),
+                log_content: content,
+                is_end: false,
+            }
+        }
+        Ok(None) => LogResult {
+            from_line_num: from,
+            to_line_num: 0,
+            log_content: "readLog fail, logFile not exists".into(),
+            is_end: true,
+        },
+        Err(e) => LogResult {
+            from_line_num: from,
+            to_line_num: 0,
+            log_content: format!("readLog fail, {e}"),
+            is_end: false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_ok;
+
+    #[test]
+    fn token_check_matches_the_reference() {
+        assert!(token_ok("", None));
+        assert!(token_ok("  ", Some("x")));
+        assert!(token_ok("default_token", Some("default_token")));
+        assert!(!token_ok("default_token", None));
+        assert!(!token_ok("default_token", Some("default_toke")));
+        assert!(!token_ok("default_token", Some("default_tokenx")));
+        assert!(!token_ok("default_token", Some("wrong_token")));
+    }
+}

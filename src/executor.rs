@@ -1,0 +1,358 @@
+//! Wiring: [`Executor::builder`] registers handlers and opens the store (recovering what a crash
+//! left), [`Executor::run`] serves a listener the caller bound until the caller's shutdown future
+//! completes, then stops in the reference's order: stop accepting, deregister, give running jobs
+//! their grace, kill the rest, deliver callbacks, flush.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{AdminClient, AdminError};
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::handler::{self, CommandHandler, Handler, JobHandler};
+use crate::registry::{Registrar, BEAT_INTERVAL};
+use crate::report::Reporter;
+use crate::runner::Runner;
+use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
+
+/// An executor failure (not a job failure: those are outcomes).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store cannot be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The admin client could not be built.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// A socket could not be bound or served.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What recovery found at start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Runs in the journal.
+    pub runs: u64,
+    /// Triggers queued again (never started, or re-run).
+    pub requeued: usize,
+    /// Runs reported as failed (interrupted, or their handler is gone).
+    pub failed: usize,
+    /// Interrupted runs that run again (handler declared safe to re-run).
+    pub rerun: usize,
+    /// Callbacks waiting in the outbox.
+    pub outbox: u64,
+}
+
+/// Builds an [`Executor`].
+#[derive(Debug, Default)]
+pub struct ExecutorBuilder {
+    config: Option<Config>,
+    handlers: handler::Registry,
+}
+
+impl ExecutorBuilder {
+    /// Uses this configuration (default: [`Config::defaults`]).
+    #[must_use]
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Registers an async handler under `name` (the admin's `executorHandler`).
+    #[must_use]
+    pub fn handler(mut self, name: impl Into<String>, h: impl JobHandler) -> Self {
+        self.handlers.insert(name, Handler::new(h));
+        self
+    }
+
+    /// Registers a handler with options (re-run safety, idempotency key).
+    #[must_use]
+    pub fn register(mut self, name: impl Into<String>, h: Handler) -> Self {
+        self.handlers.insert(name, h);
+        self
+    }
+
+    /// Opens the store, recovers the journal and prepares everything but the sockets.
+    ///
+    /// # Errors
+    /// An unusable store (corrupt, locked, wrong schema) or a failed client setup.
+    pub async fn build(self) -> Result<Executor, Error> {
+        let config = self.config.unwrap_or_else(Config::defaults);
+        let mut handlers = self.handlers;
+        for (name, cmd) in &config.handlers {
+            let mut h = Handler::new(CommandHandler::new(cmd.clone(), config.runner.kill_grace))
+                .rerun_safe(cmd.rerun_safe);
+            if let Some((tpl, ttl)) = cmd.idempotency.clone() {
+                h = h.idempotency_key(move |t| Some(handler::render_template(&tpl, t)), ttl);
+            }
+            handlers.insert(name.clone(), h);
+        }
+        let metrics = Metrics::new()?;
+        std::fs::create_dir_all(&config.executor.data_dir)?;
+        let store = Store::open(&config.executor.data_dir, config.store.clone())?;
+        {
+            let m = metrics.clone();
+            store.set_flush_observer(Arc::new(move |d| m.flushed(d)));
+        }
+        let outbox_ready = Arc::new(Notify::new());
+        let runner = Runner::new(
+            config.runner.clone(),
+            store.clone(),
+            metrics.clone(),
+            handlers,
+            config.glue_enabled.clone(),
+            config.executor.data_dir.join("gluesource"),
+            outbox_ready.clone(),
+        );
+        let recovery = store.recover()?;
+        let runs = recovery.runs;
+        let (requeued, failed, rerun) = runner.recover(recovery);
+        store.durable().await?;
+        let report = RecoveryReport {
+            runs,
+            requeued,
+            failed,
+            rerun,
+            outbox: store.outbox_len(),
+        };
+        if report.requeued + report.failed > 0 || report.outbox > 0 {
+            tracing::info!(
+                runs = report.runs,
+                requeued = report.requeued,
+                interrupted_failed = report.failed,
+                rerun = report.rerun,
+                outbox = report.outbox,
+                "Recovered the run journal."
+            );
+        }
+        let admin = AdminClient::new(&config.admin, metrics.clone())?;
+        Ok(Executor {
+            config,
+            store,
+            runner,
+            metrics,
+            admin,
+            outbox_ready,
+            recovery: report,
+        })
+    }
+}
+
+/// A ready executor.
+#[derive(Debug)]
+pub struct Executor {
+    config: Config,
+    store: Store,
+    runner: Runner,
+    metrics: Metrics,
+    admin: AdminClient,
+    outbox_ready: Arc<Notify>,
+    recovery: RecoveryReport,
+}
+
+impl Executor {
+    /// Starts a builder.
+    pub fn builder() -> ExecutorBuilder {
+        ExecutorBuilder::default()
+    }
+
+    /// The metrics registry wrapper (render it, or add your own metrics to a scrape).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// What recovery found at start.
+    pub fn recovery(&self) -> RecoveryReport {
+        self.recovery
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Serves `listener` until `shutdown` completes, then stops gracefully.
+    ///
+    /// # Errors
+    /// The metrics listener could not be bound.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let port = listener.local_addr()?.port();
+        let address = self.config.executor.registered_address(port);
+        let stop_http = CancellationToken::new();
+        {
+            let t = stop_http.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                t.cancel();
+            });
+        }
+        let background = CancellationToken::new();
+
+        let registrar = Registrar::new(
+            self.admin.clone(),
+            &self.config.executor.app_name,
+            &address,
+            BEAT_INTERVAL,
+        );
+        let state = Arc::new(ApiState {
+            runner: self.runner.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            token: self.config.admin.access_token.clone(),
+            limits: self.config.server.clone(),
+            serve_metrics: self.config.telemetry.metrics_listen.is_none(),
+            registration: registrar.status(),
+            admins: self.admin.addresses(),
+        });
+
+        let reporter = tokio::spawn(
+            Reporter::new(
+                self.store.clone(),
+                self.admin.clone(),
+                self.metrics.clone(),
+                self.outbox_ready.clone(),
+            )
+            .run(background.clone()),
+        );
+        let maintenance = tokio::spawn(maintain(
+            self.store.clone(),
+            self.runner.clone(),
+            self.config.clone(),
+            background.clone(),
+        ));
+
+        let metrics_server = match self.config.telemetry.metrics_listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr).await?;
+                tracing::info!(listen = %addr, "Serving /metrics.");
+                let t = stop_http.clone();
+                Some(tokio::spawn(
+                    warp::serve(api::metrics_routes(state.clone()))
+                        .incoming(l)
+                        .graceful(async move { t.cancelled().await })
+                        .run(),
+                ))
+            }
+            None => None,
+        };
+
+        tracing::info!(
+            listen = %listener.local_addr()?,
+            address = %address,
+            app_name = %self.config.executor.app_name,
+            admins = ?self.admin.addresses(),
+            "xxl-edge executor started."
+        );
+        let reg_stop = CancellationToken::new();
+        let reg_task = tokio::spawn(registrar.clone().run(reg_stop.clone()));
+
+        let t = stop_http.clone();
+        warp::serve(api::routes(state))
+            .incoming(listener)
+            .graceful(async move { t.cancelled().await })
+            .run()
+            .await;
+        tracing::info!("Shutting down: no new triggers are accepted.");
+
+        reg_stop.cancel();
+        let _ = reg_task.await;
+        registrar.deregister().await;
+        self.runner
+            .shutdown(self.config.runner.shutdown_grace)
+            .await;
+        background.cancel();
+        let _ = reporter.await;
+        let _ = maintenance.await;
+        let deadline = Instant::now() + self.config.admin.timeout * 2 + Duration::from_secs(1);
+        let left = Reporter::new(
+            self.store.clone(),
+            self.admin.clone(),
+            self.metrics.clone(),
+            self.outbox_ready.clone(),
+        )
+        .drain(deadline)
+        .await;
+        if left > 0 {
+            tracing::warn!(
+                outbox = left,
+                "Callbacks not yet delivered stay in the outbox and are sent after the next start."
+            );
+        }
+        if let Some(m) = metrics_server {
+            let _ = m.await;
+        }
+        write_snapshot(&self.store, &self.runner, &self.config.executor.data_dir);
+        self.store.flush_now()?;
+        tracing::info!("xxl-edge stopped.");
+        Ok(())
+    }
+}
+
+/// Retention (hourly) and the state snapshot (every few seconds) that `xxl-edge state` reads
+/// while the executor holds the store's lock.
+async fn maintain(store: Store, runner: Runner, config: Config, stop: CancellationToken) {
+    let retention = (config.executor.log_retention_days > 0)
+        .then(|| Duration::from_secs(u64::from(config.executor.log_retention_days) * 86_400));
+    let mut last_prune: Option<Instant> = None;
+    loop {
+        if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600))
+            || store.size_on_disk() > config.store.max_bytes
+        {
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.prune(retention)).await {
+                Ok(Ok(n)) if n > 0 => tracing::info!(pruned = n, "Pruned finished runs."),
+                Ok(Err(e)) => tracing::warn!(error = %e, "Pruning failed."),
+                _ => {}
+            }
+            last_prune = Some(Instant::now());
+        }
+        write_snapshot(&store, &runner, &config.executor.data_dir);
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// File name of the snapshot in the data directory.
+pub const SNAPSHOT_FILE: &str = "state.json";
+
+fn write_snapshot(store: &Store, runner: &Runner, dir: &std::path::Path) {
+    let snap = serde_json::json!({
+        "written_ms": crate::clock::now_ms(),
+        "pid": std::process::id(),
+        "executing": runner.executing(),
+        "queued": runner.queued(),
+        "outbox_entries": store.outbox_len(),
+        "outbox_oldest_age_secs": store.outbox_oldest_age().map(|d| d.as_secs()),
+        "store_bytes": store.size_on_disk(),
+        "recent": store.recent_runs(20).unwrap_or_default().iter().map(|r| serde_json::json!({
+            "log_id": r.trigger.log_id.0,
+            "job_id": r.trigger.job_id.0,
+            "handler": r.trigger.handler_label(),
+            "state": r.state.as_str(),
+            "code": r.outcome.as_ref().map(|o| o.code),
+            "accepted_ms": r.accepted_ms,
+        })).collect::<Vec<_>>(),
+    });
+    let tmp: PathBuf = dir.join(format!(".{SNAPSHOT_FILE}.tmp"));
+    if std::fs::write(&tmp, snap.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE));
+    }
+}

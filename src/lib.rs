@@ -1,0 +1,59 @@
+//! xxl-edge: an XXL-JOB executor for edge hosts, with a durable run journal, callback outbox and
+//! idempotency keys in sled, real kill and timeout, bounded memory, disk and log pages, and
+//! Prometheus metrics.
+//!
+//! The XXL-JOB admin pushes triggers over HTTP (`/run`, `/kill`, `/beat`, `/idleBeat`, `/log`);
+//! the executor registers with every admin every 30 s and reports each run's result with
+//! `/api/callback`. Once `/run` answers 200 the trigger is on disk, and the admin gets exactly one
+//! result for it, across `kill -9`, power cuts and admin outages.
+//!
+//! # Layout
+//! - [`job`]: domain types (`Trigger`, `Outcome`, ids, strategies); no I/O.
+//! - [`clock`]: epoch milliseconds and the log timestamp.
+//! - [`config`]: typed, validated configuration from defaults, TOML, environment and flags.
+//! - [`handler`]: the `JobHandler` trait, `JobContext`, command and GLUE script handlers.
+//! - [`telemetry`]: metrics on an explicit Prometheus registry; log setup.
+//! - [`store`]: the only module that names sled: journal, outbox, keys, run logs, retention.
+//! - [`admin`]: wire DTOs (the only place that spells XXL-JOB field names) and the admin client.
+//! - [`runner`]: per-job queues, block strategies, kill, timeout, recovery after restart.
+//! - [`report`]: outbox delivery in batches of at most 50 with backoff.
+//! - [`registry`]: the 30 s registration loop and `registryRemove`.
+//! - [`api`]: the warp routes and the single error-to-envelope mapping.
+//! - [`executor`]: `Executor::builder()` wiring and graceful shutdown.
+//!
+//! # Example
+//! ```no_run
+//! use xxl_edge::{Executor, JobContext, Outcome};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let executor = Executor::builder()
+//!     .handler("demoJobHandler", |ctx: JobContext| async move {
+//!         ctx.log(format!("hello from shard {}/{}", ctx.shard_index, ctx.shard_total));
+//!         Outcome::success()
+//!     })
+//!     .build()
+//!     .await?;
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:9999").await?;
+//! executor.run(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod executor;
+pub mod handler;
+pub mod job;
+pub mod registry;
+pub mod report;
+pub mod runner;
+pub mod store;
+pub mod telemetry;
+
+pub use config::Config;
+pub use executor::{Executor, ExecutorBuilder, RecoveryReport};
+pub use handler::{Handler, IntoOutcome, JobContext, JobHandler};
+pub use job::{JobId, LogId, Outcome, Trigger};

@@ -1,0 +1,526 @@
+//! The `xxl-edge` binary: `serve`, `check-config`, `trigger` and `state`.
+//!
+//! Exit codes: 0 success; 1 runtime failure (bind, I/O, a triggered run that failed);
+//! 2 the store cannot be used; 64 bad configuration or usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use xxl_edge::admin::wire::{ExecutorReply, LogParam, LogResult, TriggerParam};
+use xxl_edge::admin::TOKEN_HEADER;
+use xxl_edge::config::{Config, ConfigError, Env, Overrides};
+use xxl_edge::executor::SNAPSHOT_FILE;
+use xxl_edge::job::{BlockStrategy, Glue, JobId, LogId, Trigger};
+use xxl_edge::store::{Store, StoreError};
+use xxl_edge::{clock, telemetry, Executor};
+
+const EX_USAGE: u8 = 64;
+const EX_STORE: u8 = 2;
+
+/// An XXL-JOB executor for edge hosts: durable, observable, small.
+#[derive(Parser, Debug)]
+#[command(name = "xxl-edge", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the executor (defaults: admin http://127.0.0.1:8080/xxl-job-admin, port 9999, data in ./data).
+    Serve(ServeArgs),
+    /// Validate the configuration (file, environment and flags) and print it; bind nothing.
+    CheckConfig(ConfigArgs),
+    /// Send one trigger to a running executor as the admin would, follow its log, and exit 0
+    /// only if the run succeeded.
+    Trigger(TriggerArgs),
+    /// Show recent runs, queue and outbox backlog, and the store's size, from the data directory.
+    State(StateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Admin address (repeat for several); overrides admin.addresses and XXL_JOB_ADMIN_ADDRESSES.
+    #[arg(long = "admin", value_name = "URL")]
+    admin: Vec<String>,
+    /// Access token shared with the admin; overrides admin.access_token and XXL_JOB_ACCESS_TOKEN.
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Appname registered with the admin; overrides executor.app_name.
+    #[arg(long, value_name = "NAME")]
+    app_name: Option<String>,
+    /// Address registered verbatim (e.g. http://gw-7:9999/); overrides executor.address.
+    #[arg(long, value_name = "URL")]
+    address: Option<String>,
+    /// IP used to build the registered address; overrides executor.ip.
+    #[arg(long, value_name = "IP")]
+    ip: Option<String>,
+    /// Port to listen on and register; overrides executor.port.
+    #[arg(long, value_name = "PORT")]
+    port: Option<i64>,
+    /// Bind address; overrides executor.listen (default 0.0.0.0).
+    #[arg(long, value_name = "IP")]
+    listen: Option<String>,
+    /// Data directory; overrides executor.data_dir and XXL_EDGE_DATA_DIR.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Log as JSON lines instead of text (also telemetry.log_format = "json").
+    #[arg(long)]
+    log_json: bool,
+    /// Tokio worker threads (default: 2, or 1 on a single-core device).
+    #[arg(long, value_name = "N", env = "XXL_EDGE_WORKER_THREADS")]
+    worker_threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct TriggerArgs {
+    /// Handler name (`executorHandler`).
+    name: String,
+    /// Job parameter.
+    #[arg(long, value_name = "P")]
+    param: Option<String>,
+    /// Job id to use.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    job_id: i32,
+    /// Log id to use (default: the current time in ms, so it is new).
+    #[arg(long, value_name = "N")]
+    log_id: Option<i64>,
+    /// Timeout in seconds (`executorTimeout`), 0 for none.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    timeout: i32,
+    /// Shard index and total, e.g. 0/1.
+    #[arg(long, value_name = "I/N", default_value = "0/1")]
+    shard: String,
+    /// Executor URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9999")]
+    executor: String,
+    /// Access token (default: XXL_JOB_ACCESS_TOKEN).
+    #[arg(
+        long,
+        value_name = "T",
+        env = "XXL_JOB_ACCESS_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Give up following the log after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    wait: u64,
+}
+
+#[derive(Args, Debug)]
+struct StateArgs {
+    /// Data directory (default: from the config, else ./data).
+    #[arg(long, value_name = "DIR", env = "XXL_EDGE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file to take executor.data_dir from.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// How many recent runs to list.
+    #[arg(long, default_value_t = 20)]
+    recent: usize,
+}
+
+fn load_config(a: &ConfigArgs, log_json: bool) -> Result<Config, ConfigError> {
+    let flags = Overrides {
+        admin_addresses: (!a.admin.is_empty()).then(|| a.admin.clone()),
+        access_token: a.token.clone(),
+        app_name: a.app_name.clone(),
+        address: a.address.clone(),
+        ip: a.ip.clone(),
+        port: a.port,
+        listen: a.listen.clone(),
+        data_dir: a.data_dir.clone(),
+        log_json: log_json.then_some(true),
+    };
+    Config::load(a.config.as_deref(), &Env, &flags)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve(a) => serve(a),
+        Cmd::CheckConfig(a) => match load_config(&a, false) {
+            Ok(c) => {
+                print_config(&c);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("xxl-edge: configuration error: {e}");
+                ExitCode::from(EX_USAGE)
+            }
+        },
+        Cmd::Trigger(a) => runtime(1).map_or(ExitCode::FAILURE, |rt| rt.block_on(trigger(a))),
+        Cmd::State(a) => state(a),
+    }
+}
+
+fn runtime(threads: usize) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .max_blocking_threads(8)
+        .thread_stack_size(256 * 1024)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("xxl-edge: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+fn serve(a: ServeArgs) -> ExitCode {
+    let config = match load_config(&a.config, a.log_json) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("xxl-edge: configuration error: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    telemetry::init_logging(&config.telemetry.log_level, config.telemetry.log_json);
+    let threads = a
+        .worker_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(2)));
+    let Some(rt) = runtime(threads) else {
+        return ExitCode::FAILURE;
+    };
+    rt.block_on(async move {
+        let addr = std::net::SocketAddr::new(config.executor.listen, config.executor.port);
+        let executor = match Executor::builder().config(config).build().await {
+            Ok(e) => e,
+            Err(xxl_edge::executor::Error::Store(e)) => {
+                eprintln!("xxl-edge: {e}");
+                return ExitCode::from(EX_STORE);
+            }
+            Err(e) => {
+                eprintln!("xxl-edge: cannot start: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("xxl-edge: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match executor.run(listener, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xxl-edge: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// SIGTERM is what systemd and `kill` send; SIGINT is Ctrl-C on a console. Both stop gracefully.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn print_config(c: &Config) {
+    println!("configuration is valid");
+    println!("admin.addresses       = {:?}", c.admin.addresses);
+    println!(
+        "admin.access_token    = {}",
+        if c.admin.access_token.is_empty() {
+            "(none)"
+        } else {
+            "(set)"
+        }
+    );
+    println!("admin.timeout_secs    = {}", c.admin.timeout.as_secs_f64());
+    println!("executor.app_name     = {}", c.executor.app_name);
+    println!(
+        "executor.listen       = {}:{}",
+        c.executor.listen, c.executor.port
+    );
+    println!(
+        "executor.address      = {}",
+        c.executor.registered_address(c.executor.port)
+    );
+    println!("executor.data_dir     = {}", c.executor.data_dir.display());
+    println!("runner.max_running    = {}", c.runner.max_running);
+    println!("runner.max_queue_per_job = {}", c.runner.max_queue_per_job);
+    println!(
+        "store.durability      = {}",
+        match c.store.flush_every {
+            None => "safe (every acknowledgement is flushed, group commit)".to_string(),
+            Some(d) => format!("relaxed (flush every {} ms)", d.as_millis()),
+        }
+    );
+    let glue: Vec<_> = c.glue_enabled.iter().map(|g| g.config_name()).collect();
+    println!("glue.enabled          = {glue:?}");
+    for (name, h) in &c.handlers {
+        println!("handlers.{name}.command = {:?}", h.command);
+    }
+}
+
+async fn trigger(a: TriggerArgs) -> ExitCode {
+    let (shard_index, shard_total) = match a.shard.split_once('/') {
+        Some((i, n)) => match (i.trim().parse(), n.trim().parse()) {
+            (Ok(i), Ok(n)) => (i, n),
+            _ => {
+                eprintln!("xxl-edge: --shard takes I/N, e.g. 0/1");
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+        None => {
+            eprintln!("xxl-edge: --shard takes I/N, e.g. 0/1");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let now = clock::now_ms();
+    let t = Trigger {
+        job_id: JobId(a.job_id),
+        log_id: LogId(a.log_id.unwrap_or(now)),
+        log_date_time: now,
+        handler: a.name.clone(),
+        params: a.param.clone(),
+        block: BlockStrategy::Serial,
+        timeout: (a.timeout > 0).then(|| Duration::from_secs(a.timeout.unsigned_abs().into())),
+        glue: Glue::Bean,
+        shard_index,
+        shard_total,
+    };
+    let base = a.executor.trim_end_matches('/').to_string();
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("xxl-edge: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let token = a.token.clone().unwrap_or_default();
+    let post = |path: &str, body: String| {
+        http.post(format!("{base}{path}"))
+            .header(TOKEN_HEADER, &token)
+            .header("Content-Type", "application/json;charset=UTF-8")
+            .body(body)
+            .send()
+    };
+    let body = serde_json::to_string(&TriggerParam::from(&t)).unwrap_or_default();
+    let reply: ExecutorReply<serde_json::Value> = match post("/run", body).await {
+        Ok(r) => {
+            match r.json().await {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("xxl-edge: {base}/run answered something that is not the XXL-JOB envelope: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("xxl-edge: cannot reach {base}/run: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if reply.code != 200 {
+        eprintln!(
+            "xxl-edge: trigger refused (code {}): {}",
+            reply.code,
+            reply.msg.unwrap_or_default()
+        );
+        return ExitCode::FAILURE;
+    }
+    eprintln!("accepted: jobId {} logId {}", t.job_id, t.log_id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(a.wait);
+    let mut from = 1;
+    let mut result: Option<i32> = None;
+    while tokio::time::Instant::now() < deadline {
+        let p = LogParam {
+            log_date_tim: t.log_date_time,
+            log_date_time: t.log_date_time,
+            log_id: t.log_id.0,
+            from_line_num: from,
+        };
+        let body = serde_json::to_string(&p).unwrap_or_default();
+        let page: Option<LogResult> = match post("/log", body).await {
+            Ok(r) => r
+                .json::<ExecutorReply<LogResult>>()
+                .await
+                .ok()
+                .and_then(ExecutorReply::payload),
+            Err(_) => None,
+        };
+        let mut progressed = false;
+        if let Some(page) = page {
+            if page.to_line_num >= from && !page.is_end {
+                print!("{}", page.log_content);
+                for line in page.log_content.lines() {
+                    if let Some(code) = line
+                        .split("Result: handleCode=")
+                        .nth(1)
+                        .and_then(|r| r.split(',').next())
+                        .and_then(|c| c.trim().parse().ok())
+                    {
+                        result = Some(code);
+                    }
+                }
+                from = page.to_line_num + 1;
+                progressed = true;
+            }
+        }
+        if result.is_some() && !progressed {
+            break;
+        }
+        if !progressed {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    match result {
+        Some(200) => ExitCode::SUCCESS,
+        Some(code) => {
+            eprintln!("run failed with handleCode={code}");
+            ExitCode::FAILURE
+        }
+        None => {
+            eprintln!("gave up waiting for the run to finish after {} s", a.wait);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn state(a: StateArgs) -> ExitCode {
+    let dir = match (&a.data_dir, &a.config) {
+        (Some(d), _) => d.clone(),
+        (None, Some(_)) => match load_config(
+            &ConfigArgs {
+                config: a.config.clone(),
+                admin: vec![],
+                token: None,
+                app_name: None,
+                address: None,
+                ip: None,
+                port: None,
+                listen: None,
+                data_dir: None,
+            },
+            false,
+        ) {
+            Ok(c) => c.executor.data_dir,
+            Err(e) => {
+                eprintln!("xxl-edge: configuration error: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+        (None, None) => PathBuf::from("./data"),
+    };
+    if !dir.join("store").exists() {
+        eprintln!(
+            "xxl-edge: no store in {} (nothing has run here yet)",
+            dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let Some(rt) = runtime(1) else {
+        return ExitCode::FAILURE;
+    };
+    rt.block_on(async move {
+        let cfg = Config::defaults().store;
+        match Store::open(&dir, cfg) {
+            Ok(store) => print_state(&store, a.recent),
+            Err(StoreError::Unusable { reason, .. })
+                if reason.contains("lock")
+                    || reason.contains("WouldBlock")
+                    || reason.contains("temporarily unavailable") =>
+            {
+                // The executor is running and holds the lock: read its snapshot.
+                match std::fs::read_to_string(dir.join(SNAPSHOT_FILE)) {
+                    Ok(s) => {
+                        println!(
+                            "executor is running; snapshot from {}:",
+                            dir.join(SNAPSHOT_FILE).display()
+                        );
+                        match serde_json::from_str::<serde_json::Value>(&s) {
+                            Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(s)),
+                            Err(_) => println!("{s}"),
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("xxl-edge: the store is in use and no snapshot is readable: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("xxl-edge: {e}");
+                ExitCode::from(EX_STORE)
+            }
+        }
+    })
+}
+
+fn print_state(store: &Store, recent: usize) -> ExitCode {
+    let stats = match store.stats() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("xxl-edge: {e}");
+            return ExitCode::from(EX_STORE);
+        }
+    };
+    println!("executor is stopped; read from the store:");
+    println!("runs in journal      {}", stats.runs);
+    println!("  queued (accepted)  {}", stats.accepted);
+    println!("  running            {}", stats.running);
+    println!("  finished           {}", stats.finished);
+    println!("  reported           {}", stats.reported);
+    println!("outbox backlog       {}", stats.outbox_len);
+    println!(
+        "outbox oldest age    {}",
+        stats
+            .outbox_oldest_age
+            .map_or("-".to_string(), |d| format!("{} s", d.as_secs()))
+    );
+    println!("store size on disk   {} bytes", stats.disk_bytes);
+    println!("recent runs (newest first):");
+    println!(
+        "  {:>14} {:>8} {:<24} {:<9} {:>5}  accepted",
+        "logId", "jobId", "handler", "state", "code"
+    );
+    for r in store.recent_runs(recent).unwrap_or_default() {
+        println!(
+            "  {:>14} {:>8} {:<24} {:<9} {:>5}  {}",
+            r.trigger.log_id.0,
+            r.trigger.job_id.0,
+            r.trigger.handler_label(),
+            r.state.as_str(),
+            r.outcome
+                .as_ref()
+                .map_or("-".to_string(), |o| o.code.to_string()),
+            clock::format_ts(r.accepted_ms)
+        );
+    }
+    ExitCode::SUCCESS
+}

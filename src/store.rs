@@ -1,0 +1,993 @@
+//! The durable state of the executor, in one sled database: the only module that names sled.
+//!
+//! Trees (keys big-endian so scans run in id order):
+//! - `runs`: logId → [`RunRecord`] (the journal: accepted, running, finished, reported);
+//! - `outbox`: sequence → [`OutboxEntry`] (callbacks not yet acknowledged by an admin);
+//! - `keys`: idempotency key → [`KeyRecord`];
+//! - `logs`: (logId, line) → text: one tree instead of a file per run, which would exhaust
+//!   inodes on small flash;
+//! - `meta`: schema version.
+//!
+//! Durability: writes land in sled's memory first. [`Store::durable`] waits until they are on
+//! disk; concurrent callers share one flush (group commit), so an fsync is paid per batch of
+//! requests, not per request. With `store.flush_every_ms` set, `durable` returns at once and
+//! sled flushes on its timer: faster, but a power cut can lose the last few milliseconds.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock;
+use crate::config::StoreConfig;
+use crate::job::{Callback, LogId, Outcome, OutcomeKind, RunState, Trigger};
+
+/// Bump when the on-disk format changes incompatibly.
+const SCHEMA_VERSION: u64 = 1;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled reported an I/O or internal error.
+    #[error("store I/O error: {0}")]
+    Sled(#[from] sled::Error),
+    /// The database cannot be opened or read; the message says what to do.
+    #[error("the store at {path} cannot be used: {reason}. Move the directory aside (mv {path} {path}.broken) to start with an empty store, or restore it from a backup; xxl-edge will not start empty by itself")]
+    Unusable {
+        /// The store directory.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The disk is (nearly) full.
+    #[error("disk full: {free} bytes free in {path}, below store.min_free_bytes = {min}; free some space and the executor accepts runs again")]
+    DiskFull {
+        /// Data directory.
+        path: String,
+        /// Free bytes.
+        free: u64,
+        /// The configured minimum.
+        min: u64,
+    },
+    /// The logId is already in the journal.
+    #[error("log id {0} is already in the journal")]
+    Duplicate(LogId),
+    /// A record did not decode.
+    #[error("corrupt record: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// The group-commit task stopped.
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// A bounded name for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Sled(_) => "io",
+            Self::Unusable { .. } => "unusable",
+            Self::DiskFull { .. } => "disk_full",
+            Self::Duplicate(_) => "duplicate",
+            Self::Decode(_) => "decode",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One run in the journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// What was asked for.
+    pub trigger: Trigger,
+    /// Where it is.
+    pub state: RunState,
+    /// When `/run` accepted it (epoch ms).
+    pub accepted_ms: i64,
+    /// When the handler started.
+    pub started_ms: Option<i64>,
+    /// When it finished.
+    pub finished_ms: Option<i64>,
+    /// The result, once finished.
+    pub outcome: Option<Outcome>,
+    /// Why it ended, once finished.
+    pub kind: Option<OutcomeKind>,
+    /// The idempotency key it holds, if any.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// A callback waiting for the admin's acknowledgement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// What to send.
+    pub callback: Callback,
+    /// When it was queued (epoch ms), for the backlog age.
+    pub queued_ms: i64,
+}
+
+/// An idempotency key's record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// The run that holds the key.
+    pub log_id: LogId,
+    /// True once that run succeeded; a failed run releases its key.
+    pub succeeded: bool,
+    /// Epoch ms after which the key is forgotten.
+    pub expires_ms: i64,
+}
+
+/// What an idempotency key says about a new trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// No live run holds it: go ahead (the key is now held by the new run).
+    Fresh,
+    /// A run with this key succeeded within the TTL.
+    Succeeded(LogId),
+    /// A run with this key is accepted or running.
+    InFlight(LogId),
+}
+
+/// A page of a run's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPage {
+    /// Lines from `from`, each without its terminator.
+    pub lines: Vec<String>,
+    /// Number of the last line returned, 0 if none.
+    pub to: u32,
+}
+
+/// What the journal held at start.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Accepted, never started: run them again, in logId order.
+    pub queued: Vec<RunRecord>,
+    /// Started but not finished: the process died during the run.
+    pub interrupted: Vec<RunRecord>,
+    /// Outbox entries still waiting.
+    pub outbox: u64,
+    /// Runs in the journal.
+    pub runs: u64,
+}
+
+/// Sizes and counts for `xxl-edge state` and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Callbacks waiting.
+    pub outbox_len: u64,
+    /// Age of the oldest waiting callback.
+    pub outbox_oldest_age: Option<Duration>,
+    /// sled's size on disk.
+    pub disk_bytes: u64,
+    /// Runs in the journal.
+    pub runs: u64,
+    /// Runs by state.
+    pub accepted: u64,
+    /// Runs running.
+    pub running: u64,
+    /// Runs finished, not yet reported.
+    pub finished: u64,
+    /// Runs reported.
+    pub reported: u64,
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    runs: sled::Tree,
+    outbox: sled::Tree,
+    keys: sled::Tree,
+    logs: sled::Tree,
+    dir: PathBuf,
+    cfg: StoreConfig,
+    outbox_len: AtomicU64,
+    flush_tx: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    on_flush: std::sync::OnceLock<FlushObserver>,
+}
+
+/// Called with the duration of every group-commit flush (the executor feeds a histogram).
+pub type FlushObserver = Arc<dyn Fn(Duration) + Send + Sync>;
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+fn run_key(id: LogId) -> [u8; 8] {
+    // Flip the sign bit so negative ids sort before positive ones.
+    ((id.0 as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn run_id(key: &[u8]) -> Option<LogId> {
+    let b: [u8; 8] = key.get(..8)?.try_into().ok()?;
+    Some(LogId((u64::from_be_bytes(b) ^ (1 << 63)) as i64))
+}
+
+fn log_key(id: LogId, line: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&run_key(id));
+    k[8..].copy_from_slice(&line.to_be_bytes());
+    k
+}
+
+fn abort<E>(e: E) -> ConflictableTransactionError<E> {
+    ConflictableTransactionError::Abort(e)
+}
+
+fn tx_err(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store under `data_dir/store` and starts the group-commit task.
+    ///
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`StoreError::Unusable`] when the database is corrupt, locked by another process, or of
+    /// an unknown schema: the executor must not silently start empty.
+    pub fn open(data_dir: &Path, cfg: StoreConfig) -> Result<Self> {
+        let dir = data_dir.join("store");
+        let unusable = |reason: String| StoreError::Unusable {
+            path: dir.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| unusable(format!("cannot create it: {e}")))?;
+        let db = sled::Config::new()
+            .path(&dir)
+            .cache_capacity(cfg.cache_bytes)
+            .mode(sled::Mode::LowSpace)
+            .flush_every_ms(cfg.flush_every.map(|d| d.as_millis().max(1) as u64))
+            .open()
+            .map_err(|e| unusable(e.to_string()))?;
+        let open = |name: &str| db.open_tree(name).map_err(|e| unusable(e.to_string()));
+        let runs = open("runs")?;
+        let outbox = open("outbox")?;
+        let keys = open("keys")?;
+        let logs = open("logs")?;
+        let meta = open("meta")?;
+        match meta.get("schema").map_err(|e| unusable(e.to_string()))? {
+            None => {
+                meta.insert("schema", &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(|e| unusable(e.to_string()))?;
+            }
+            Some(v) if v.as_ref() == SCHEMA_VERSION.to_be_bytes() => {}
+            Some(v) => {
+                return Err(unusable(format!(
+                    "schema version {:?} is not {SCHEMA_VERSION}, this build's",
+                    v.as_ref()
+                )))
+            }
+        }
+        let outbox_len = outbox.len() as u64;
+        let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            db,
+            runs,
+            outbox,
+            keys,
+            logs,
+            dir,
+            cfg,
+            outbox_len: AtomicU64::new(outbox_len),
+            flush_tx,
+            on_flush: std::sync::OnceLock::new(),
+        });
+        // A weak handle: dropping the last `Store` closes the database (and its file lock).
+        tokio::spawn(group_commit(Arc::downgrade(&inner), flush_rx));
+        Ok(Self { inner })
+    }
+
+    /// Waits until everything written so far is on disk (shared with concurrent callers).
+    ///
+    /// # Errors
+    /// The flush failed (I/O error, disk full).
+    pub async fn durable(&self) -> Result<()> {
+        if self.inner.cfg.flush_every.is_some() {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .flush_tx
+            .send(tx)
+            .map_err(|_| StoreError::Closed)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
+                msg,
+            )))),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Sets the observer of flush durations (once).
+    pub fn set_flush_observer(&self, f: FlushObserver) {
+        let _ = self.inner.on_flush.set(f);
+    }
+
+    /// Flushes synchronously; for shutdown and tools.
+    ///
+    /// # Errors
+    /// The flush failed.
+    pub fn flush_now(&self) -> Result<()> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// Refuses new work when the file system is below `store.min_free_bytes`.
+    ///
+    /// # Errors
+    /// [`StoreError::DiskFull`].
+    pub fn check_space(&self) -> Result<()> {
+        let min = self.inner.cfg.min_free_bytes;
+        if min == 0 {
+            return Ok(());
+        }
+        if let Ok(st) = nix::sys::statvfs::statvfs(&self.inner.dir) {
+            // These are 32-bit on armv7 and 64-bit on aarch64, hence the conversion.
+            #[allow(clippy::useless_conversion)]
+            let free =
+                u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
+            if free < min {
+                return Err(StoreError::DiskFull {
+                    path: self.inner.dir.display().to_string(),
+                    free,
+                    min,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// True if the journal holds this logId.
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn has_run(&self, id: LogId) -> Result<bool> {
+        Ok(self.inner.runs.contains_key(run_key(id))?)
+    }
+
+    /// Reads one run.
+    ///
+    /// # Errors
+    /// I/O or a corrupt record.
+    pub fn run(&self, id: LogId) -> Result<Option<RunRecord>> {
+        match self.inner.runs.get(run_key(id))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records an accepted trigger; fails if the logId is already known (never run twice).
+    ///
+    /// # Errors
+    /// [`StoreError::Duplicate`], I/O.
+    pub fn insert_accepted(&self, trigger: &Trigger) -> Result<()> {
+        let rec = RunRecord {
+            trigger: trigger.clone(),
+            state: RunState::Accepted,
+            accepted_ms: clock::now_ms(),
+            started_ms: None,
+            finished_ms: None,
+            outcome: None,
+            kind: None,
+            idempotency_key: None,
+        };
+        let v = serde_json::to_vec(&rec)?;
+        match self
+            .inner
+            .runs
+            .compare_and_swap(run_key(trigger.log_id), None::<&[u8]>, Some(v))?
+        {
+            Ok(()) => Ok(()),
+            Err(_) => Err(StoreError::Duplicate(trigger.log_id)),
+        }
+    }
+
+    /// Removes a run that was never acknowledged to the admin (its `/run` failed after all).
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn forget_accepted(&self, id: LogId) -> Result<()> {
+        if let Some(rec) = self.run(id)? {
+            if rec.state == RunState::Accepted {
+                self.inner.runs.remove(run_key(id))?;
+                if let Some(k) = rec.idempotency_key {
+                    self.release_key(&k, id)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a run started, holding its idempotency key if it has one.
+    ///
+    /// # Errors
+    /// I/O or a corrupt record.
+    pub fn mark_running(&self, id: LogId, key: Option<String>) -> Result<()> {
+        self.update_run(id, |r| {
+            r.state = RunState::Running;
+            r.started_ms = Some(clock::now_ms());
+            r.idempotency_key.clone_from(&key);
+        })
+    }
+
+    fn update_run(&self, id: LogId, f: impl Fn(&mut RunRecord)) -> Result<()> {
+        let key = run_key(id);
+        let mut err = None;
+        self.inner.runs.fetch_and_update(key, |old| {
+            let old = old?;
+            match serde_json::from_slice::<RunRecord>(old) {
+                Ok(mut r) => {
+                    f(&mut r);
+                    serde_json::to_vec(&r).ok()
+                }
+                Err(e) => {
+                    err = Some(e);
+                    Some(old.to_vec())
+                }
+            }
+        })?;
+        match err {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a run's outcome and queues its callback, in one transaction, so a run is never
+    /// finished without a callback nor called back without being finished.
+    ///
+    /// A run already finished keeps its first outcome (one result per trigger).
+    ///
+    /// # Errors
+    /// I/O or a corrupt record.
+    pub fn finish(&self, trigger: &Trigger, outcome: &Outcome, kind: OutcomeKind) -> Result<bool> {
+        let seq = self.inner.db.generate_id()?;
+        let now = clock::now_ms();
+        let entry = OutboxEntry {
+            callback: Callback {
+                log_id: trigger.log_id,
+                log_date_time: trigger.log_date_time,
+                outcome: outcome.clone(),
+            },
+            queued_ms: now,
+        };
+        let entry = serde_json::to_vec(&entry)?;
+        let key = run_key(trigger.log_id);
+        let ttl_now = now;
+        let res = (&self.inner.runs, &self.inner.outbox, &self.inner.keys).transaction(
+            |(runs, outbox, keys)| {
+                let mut rec = match runs.get(key)? {
+                    Some(v) => serde_json::from_slice::<RunRecord>(&v)
+                        .map_err(|e| abort(StoreError::Decode(e)))?,
+                    // Rejected before acceptance never reaches here; a missing record means
+                    // the trigger was recovered from an older journal. Recreate it.
+                    None => RunRecord {
+                        trigger: trigger.clone(),
+                        state: RunState::Accepted,
+                        accepted_ms: now,
+                        started_ms: None,
+                        finished_ms: None,
+                        outcome: None,
+                        kind: None,
+                        idempotency_key: None,
+                    },
+                };
+                if matches!(rec.state, RunState::Finished | RunState::Reported) {
+                    return Ok(false);
+                }
+                rec.state = RunState::Finished;
+                rec.finished_ms = Some(now);
+                rec.outcome = Some(outcome.clone());
+                rec.kind = Some(kind);
+                if let Some(k) = &rec.idempotency_key {
+                    if outcome.is_success() {
+                        if let Some(v) = keys.get(k.as_bytes())? {
+                            if let Ok(mut kr) = serde_json::from_slice::<KeyRecord>(&v) {
+                                if kr.log_id == trigger.log_id {
+                                    kr.succeeded = true;
+                                    kr.expires_ms = kr.expires_ms.max(ttl_now);
+                                    let v = serde_json::to_vec(&kr)
+                                        .map_err(|e| abort(StoreError::Decode(e)))?;
+                                    keys.insert(k.as_bytes(), v)?;
+                                }
+                            }
+                        }
+                    } else if let Some(v) = keys.get(k.as_bytes())? {
+                        // A failed run releases its key so a retry can run.
+                        if serde_json::from_slice::<KeyRecord>(&v)
+                            .is_ok_and(|kr| kr.log_id == trigger.log_id)
+                        {
+                            keys.remove(k.as_bytes())?;
+                        }
+                    }
+                }
+                let v = serde_json::to_vec(&rec).map_err(|e| abort(StoreError::Decode(e)))?;
+                runs.insert(&key, v)?;
+                outbox.insert(&seq.to_be_bytes(), entry.clone())?;
+                Ok(true)
+            },
+        );
+        let added = res.map_err(tx_err)?;
+        if added {
+            self.inner.outbox_len.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(added)
+    }
+
+    /// The oldest waiting callbacks, at most `max`, in the order they were queued.
+    ///
+    /// # Errors
+    /// I/O or a corrupt record.
+    pub fn outbox_batch(&self, max: usize) -> Result<Vec<(u64, OutboxEntry)>> {
+        let mut out = Vec::with_capacity(max.min(64));
+        for item in self.inner.outbox.iter().take(max) {
+            let (k, v) = item?;
+            let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            out.push((seq, serde_json::from_slice(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// The admin acknowledged these callbacks: drop them and mark their runs reported.
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn ack(&self, batch: &[(u64, OutboxEntry)]) -> Result<()> {
+        let mut removed = 0;
+        for (seq, entry) in batch {
+            if self.inner.outbox.remove(seq.to_be_bytes())?.is_some() {
+                removed += 1;
+            }
+            self.update_run(entry.callback.log_id, |r| r.state = RunState::Reported)?;
+        }
+        self.inner.outbox_len.fetch_sub(removed, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Callbacks waiting.
+    pub fn outbox_len(&self) -> u64 {
+        self.inner.outbox_len.load(Ordering::Relaxed)
+    }
+
+    /// Age of the oldest waiting callback.
+    pub fn outbox_oldest_age(&self) -> Option<Duration> {
+        let (_, v) = self.inner.outbox.first().ok()??;
+        let e: OutboxEntry = serde_json::from_slice(&v).ok()?;
+        let age = clock::now_ms().saturating_sub(e.queued_ms).max(0);
+        Some(Duration::from_millis(age as u64))
+    }
+
+    /// Checks and takes an idempotency key for a new run.
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn check_key(&self, key: &str, log_id: LogId, ttl: Duration) -> Result<KeyCheck> {
+        let now = clock::now_ms();
+        let rec = KeyRecord {
+            log_id,
+            succeeded: false,
+            expires_ms: now.saturating_add(ttl.as_millis() as i64),
+        };
+        let new = serde_json::to_vec(&rec)?;
+        loop {
+            let cur = self.inner.keys.get(key.as_bytes())?;
+            if let Some(v) = &cur {
+                if let Ok(kr) = serde_json::from_slice::<KeyRecord>(v) {
+                    if kr.expires_ms > now {
+                        if kr.succeeded {
+                            return Ok(KeyCheck::Succeeded(kr.log_id));
+                        }
+                        let live = self.run(kr.log_id)?.is_some_and(|r| {
+                            matches!(r.state, RunState::Accepted | RunState::Running)
+                        });
+                        if live {
+                            return Ok(KeyCheck::InFlight(kr.log_id));
+                        }
+                    }
+                }
+            }
+            if self
+                .inner
+                .keys
+                .compare_and_swap(key.as_bytes(), cur, Some(new.clone()))?
+                .is_ok()
+            {
+                return Ok(KeyCheck::Fresh);
+            }
+        }
+    }
+
+    /// Whether a key's run already succeeded within its TTL, without taking the key.
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn check_key_readonly(&self, key: &str) -> Result<KeyCheck> {
+        if let Some(v) = self.inner.keys.get(key.as_bytes())? {
+            if let Ok(kr) = serde_json::from_slice::<KeyRecord>(&v) {
+                if kr.succeeded && kr.expires_ms > clock::now_ms() {
+                    return Ok(KeyCheck::Succeeded(kr.log_id));
+                }
+            }
+        }
+        Ok(KeyCheck::Fresh)
+    }
+
+    /// Lets go of a key this run took (its trigger was refused after all).
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn release_key(&self, key: &str, log_id: LogId) -> Result<()> {
+        if let Some(v) = self.inner.keys.get(key.as_bytes())? {
+            if serde_json::from_slice::<KeyRecord>(&v).is_ok_and(|k| k.log_id == log_id) {
+                self.inner.keys.remove(key.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one line to a run's log (not flushed on its own: logs ride the next flush).
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn append_log(&self, id: LogId, line: u32, text: &str) -> Result<()> {
+        self.inner.logs.insert(log_key(id, line), text.as_bytes())?;
+        Ok(())
+    }
+
+    /// The number of the last line of a run's log, 0 if none.
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn last_log_line(&self, id: LogId) -> Result<u32> {
+        let start = log_key(id, 0);
+        let end = log_key(id, u32::MAX);
+        Ok(match self.inner.logs.range(start..=end).next_back() {
+            Some(item) => {
+                let (k, _) = item?;
+                u32::from_be_bytes(k[8..12].try_into().unwrap_or([0; 4]))
+            }
+            None => 0,
+        })
+    }
+
+    /// Reads lines `from..` of a run's log, bounded by line count and bytes. `None` when the
+    /// run is unknown and has no log.
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn read_log(
+        &self,
+        id: LogId,
+        from: u32,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> Result<Option<LogPage>> {
+        let from = from.max(1);
+        let mut lines = Vec::new();
+        let mut bytes = 0usize;
+        let mut to = 0;
+        for item in self
+            .inner
+            .logs
+            .range(log_key(id, from)..=log_key(id, u32::MAX))
+        {
+            let (k, v) = item?;
+            let text = String::from_utf8_lossy(&v).into_owned();
+            if !lines.is_empty() && (lines.len() >= max_lines || bytes + text.len() + 1 > max_bytes)
+            {
+                break;
+            }
+            bytes += text.len() + 1;
+            to = u32::from_be_bytes(k[8..12].try_into().unwrap_or([0; 4]));
+            lines.push(text);
+        }
+        if lines.is_empty() && !self.has_run(id)? && self.last_log_line(id)? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(LogPage { lines, to }))
+    }
+
+    /// Scans the journal at start.
+    ///
+    /// # Errors
+    /// I/O or a corrupt record.
+    pub fn recover(&self) -> Result<Recovery> {
+        let mut r = Recovery {
+            outbox: self.outbox_len(),
+            ..Default::default()
+        };
+        for item in self.inner.runs.iter() {
+            let (_, v) = item?;
+            r.runs += 1;
+            let rec: RunRecord = serde_json::from_slice(&v)?;
+            match rec.state {
+                RunState::Accepted => r.queued.push(rec),
+                RunState::Running => r.interrupted.push(rec),
+                RunState::Finished | RunState::Reported => {}
+            }
+        }
+        Ok(r)
+    }
+
+    /// Counts for the `state` command and metrics (scans the journal).
+    ///
+    /// # Errors
+    /// I/O or a corrupt record.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut s = Stats {
+            outbox_len: self.outbox_len(),
+            outbox_oldest_age: self.outbox_oldest_age(),
+            disk_bytes: self.size_on_disk(),
+            ..Default::default()
+        };
+        for item in self.inner.runs.iter() {
+            let (_, v) = item?;
+            let rec: RunRecord = serde_json::from_slice(&v)?;
+            s.runs += 1;
+            match rec.state {
+                RunState::Accepted => s.accepted += 1,
+                RunState::Running => s.running += 1,
+                RunState::Finished => s.finished += 1,
+                RunState::Reported => s.reported += 1,
+            }
+        }
+        Ok(s)
+    }
+
+    /// The most recent runs, newest first.
+    ///
+    /// # Errors
+    /// I/O or a corrupt record.
+    pub fn recent_runs(&self, n: usize) -> Result<Vec<RunRecord>> {
+        let mut v = Vec::new();
+        for item in self.inner.runs.iter().rev().take(n) {
+            let (_, val) = item?;
+            v.push(serde_json::from_slice(&val)?);
+        }
+        Ok(v)
+    }
+
+    /// sled's files on disk, in bytes.
+    pub fn size_on_disk(&self) -> u64 {
+        self.inner.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Prunes reported runs (and their logs) older than `max_age`, then the oldest reported runs
+    /// while the store is over its byte budget. Unfinished runs and the outbox are never pruned.
+    /// Expired idempotency keys go too. Returns the number of runs removed.
+    ///
+    /// # Errors
+    /// I/O or a corrupt record.
+    pub fn prune(&self, max_age: Option<Duration>) -> Result<u64> {
+        let now = clock::now_ms();
+        let cutoff = max_age.map(|a| now - a.as_millis() as i64);
+        let over_budget = self.size_on_disk() > self.inner.cfg.max_bytes;
+        let mut removed = 0u64;
+        // Over budget, free a tenth of the journal per pass (oldest first); sled reclaims the
+        // space as it rewrites segments, so the effect on disk lags a little.
+        let budget_quota = if over_budget {
+            (self.inner.runs.len() as u64 / 10).max(1)
+        } else {
+            0
+        };
+        let mut budget_removed = 0u64;
+        for item in self.inner.runs.iter() {
+            let (k, v) = item?;
+            let rec: RunRecord = serde_json::from_slice(&v)?;
+            if rec.state != RunState::Reported {
+                continue;
+            }
+            let old = cutoff.is_some_and(|c| rec.finished_ms.unwrap_or(rec.accepted_ms) < c);
+            let budget = budget_removed < budget_quota;
+            if !(old || budget) {
+                continue;
+            }
+            if !old {
+                budget_removed += 1;
+            }
+            if let Some(id) = run_id(&k) {
+                self.remove_log(id)?;
+            }
+            self.inner.runs.remove(k)?;
+            removed += 1;
+        }
+        for item in self.inner.keys.iter() {
+            let (k, v) = item?;
+            if serde_json::from_slice::<KeyRecord>(&v).map_or(true, |kr| kr.expires_ms <= now) {
+                self.inner.keys.remove(k)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn remove_log(&self, id: LogId) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for item in self
+            .inner
+            .logs
+            .range(log_key(id, 0)..=log_key(id, u32::MAX))
+        {
+            let (k, _) = item?;
+            batch.remove(k);
+        }
+        self.inner.logs.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The per-run log byte cap.
+    pub fn max_log_bytes_per_run(&self) -> u64 {
+        self.inner.cfg.max_log_bytes_per_run
+    }
+}
+
+/// Group commit: every waiter that arrived while a flush ran is served by the next one.
+async fn group_commit(
+    inner: std::sync::Weak<Inner>,
+    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let started = tokio::time::Instant::now();
+        let res = match tokio::task::spawn_blocking(move || {
+            let r = strong.db.flush();
+            (r, strong)
+        })
+        .await
+        {
+            Ok((Ok(_), strong)) => {
+                if let Some(f) = strong.on_flush.get() {
+                    f(started.elapsed());
+                }
+                Ok(())
+            }
+            Ok((Err(e), _)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        for w in waiters {
+            let _ = w.send(res.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{BlockStrategy, Glue, JobId};
+
+    fn cfg() -> StoreConfig {
+        crate::config::Config::defaults().store
+    }
+
+    fn trig(id: i64) -> Trigger {
+        Trigger {
+            job_id: JobId(1),
+            log_id: LogId(id),
+            log_date_time: 1,
+            handler: "h".into(),
+            params: None,
+            block: BlockStrategy::Serial,
+            timeout: None,
+            glue: Glue::Bean,
+            shard_index: 0,
+            shard_total: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn journal_outbox_and_logs_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), cfg()).unwrap();
+            s.insert_accepted(&trig(1)).unwrap();
+            assert!(matches!(
+                s.insert_accepted(&trig(1)),
+                Err(StoreError::Duplicate(_))
+            ));
+            s.insert_accepted(&trig(2)).unwrap();
+            s.insert_accepted(&trig(-3)).unwrap();
+            s.mark_running(LogId(2), None).unwrap();
+            s.insert_accepted(&trig(4)).unwrap();
+            assert!(s
+                .finish(&trig(4), &Outcome::success(), OutcomeKind::Success)
+                .unwrap());
+            assert!(!s
+                .finish(&trig(4), &Outcome::fail("x"), OutcomeKind::Failed)
+                .unwrap());
+            for i in 1..=5 {
+                s.append_log(LogId(4), i, &format!("line {i}")).unwrap();
+            }
+            s.durable().await.unwrap();
+        }
+        let s = Store::open(dir.path(), cfg()).unwrap();
+        let r = s.recover().unwrap();
+        let queued: Vec<_> = r.queued.iter().map(|r| r.trigger.log_id.0).collect();
+        assert_eq!(queued, vec![-3, 1]);
+        assert_eq!(r.interrupted.len(), 1);
+        assert_eq!(s.outbox_len(), 1);
+        let batch = s.outbox_batch(50).unwrap();
+        assert_eq!(batch[0].1.callback.log_id, LogId(4));
+        s.ack(&batch).unwrap();
+        assert_eq!(s.outbox_len(), 0);
+        assert_eq!(s.run(LogId(4)).unwrap().unwrap().state, RunState::Reported);
+        let page = s.read_log(LogId(4), 2, 2, 1 << 20).unwrap().unwrap();
+        assert_eq!(page.lines, vec!["line 2", "line 3"]);
+        assert_eq!(page.to, 3);
+        let page = s.read_log(LogId(4), 9, 10, 1 << 20).unwrap().unwrap();
+        assert_eq!(page.to, 0);
+        assert!(s.read_log(LogId(99), 1, 10, 1 << 20).unwrap().is_none());
+        assert_eq!(s.last_log_line(LogId(4)).unwrap(), 5);
+        // An old reported run is pruned with its log; unfinished ones stay.
+        assert_eq!(s.prune(Some(Duration::from_secs(3600))).unwrap(), 0);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(s.prune(Some(Duration::from_millis(1))).unwrap(), 1);
+        assert!(s.read_log(LogId(4), 1, 10, 1 << 20).unwrap().is_none());
+        assert!(s.has_run(LogId(1)).unwrap());
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_hold_release_and_remember_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), cfg()).unwrap();
+        let ttl = Duration::from_secs(60);
+        assert_eq!(s.check_key("k", LogId(1), ttl).unwrap(), KeyCheck::Fresh);
+        s.insert_accepted(&trig(1)).unwrap();
+        s.mark_running(LogId(1), Some("k".into())).unwrap();
+        assert_eq!(
+            s.check_key("k", LogId(2), ttl).unwrap(),
+            KeyCheck::InFlight(LogId(1))
+        );
+        s.finish(&trig(1), &Outcome::fail("no"), OutcomeKind::Failed)
+            .unwrap();
+        assert_eq!(s.check_key("k", LogId(3), ttl).unwrap(), KeyCheck::Fresh);
+        s.insert_accepted(&trig(3)).unwrap();
+        s.mark_running(LogId(3), Some("k".into())).unwrap();
+        s.finish(&trig(3), &Outcome::success(), OutcomeKind::Success)
+            .unwrap();
+        assert_eq!(
+            s.check_key("k", LogId(4), ttl).unwrap(),
+            KeyCheck::Succeeded(LogId(3))
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_durable_calls_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), cfg()).unwrap();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..64 {
+            let s = s.clone();
+            set.spawn(async move {
+                s.insert_accepted(&trig(i)).unwrap();
+                s.durable().await.unwrap();
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.unwrap();
+        }
+        assert_eq!(s.recover().unwrap().queued.len(), 64);
+    }
+}

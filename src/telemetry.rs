@@ -1,0 +1,276 @@
+//! Metrics on an explicit Prometheus registry, and the executor's own log output.
+//!
+//! Labels are bounded by construction: handler names come from the fixed registry (unknown names
+//! from the network are counted as `unknown`), outcomes and results are enums. Never a jobId,
+//! logId, parameter or error text.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+/// Why `/run` refused a trigger, or that it accepted it: the `result` label of
+/// `xxl_edge_triggers_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerResult {
+    /// Accepted into the queue (and the journal).
+    Accepted,
+    /// An idempotency key matched a successful run: called back without running.
+    DuplicateKey,
+    /// The logId was already in the journal.
+    DuplicateLogId,
+    /// DISCARD_LATER while busy.
+    Discarded,
+    /// The job's queue is at `runner.max_queue_per_job`.
+    QueueFull,
+    /// `runner.max_running` jobs are executing.
+    RunningLimit,
+    /// The handler name is not registered.
+    UnknownHandler,
+    /// The GLUE kind is not in `glue.enabled`.
+    GlueDisabled,
+    /// The body did not parse or the glue type is invalid.
+    Invalid,
+    /// The disk is below `store.min_free_bytes`.
+    DiskFull,
+    /// The journal could not be written.
+    StoreError,
+    /// The executor is shutting down.
+    ShuttingDown,
+}
+
+impl TriggerResult {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::DuplicateKey => "duplicate_key",
+            Self::DuplicateLogId => "duplicate_log_id",
+            Self::Discarded => "discarded",
+            Self::QueueFull => "queue_full",
+            Self::RunningLimit => "running_limit",
+            Self::UnknownHandler => "unknown_handler",
+            Self::GlueDisabled => "glue_disabled",
+            Self::Invalid => "invalid",
+            Self::DiskFull => "disk_full",
+            Self::StoreError => "store_error",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Every metric the executor exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `xxl_edge_triggers_total{handler,result}`.
+    pub triggers: IntCounterVec,
+    /// `xxl_edge_runs_total{handler,outcome}`.
+    pub runs: IntCounterVec,
+    /// `xxl_edge_run_duration_seconds{handler}`.
+    pub run_duration: HistogramVec,
+    /// `xxl_edge_queue_wait_seconds{handler}`.
+    pub queue_wait: HistogramVec,
+    /// `xxl_edge_runs_executing`.
+    pub executing: IntGauge,
+    /// `xxl_edge_triggers_queued`.
+    pub queued: IntGauge,
+    /// `xxl_edge_callbacks_total{result}`.
+    pub callbacks: IntCounterVec,
+    /// `xxl_edge_outbox_entries`.
+    pub outbox_entries: IntGauge,
+    /// `xxl_edge_outbox_oldest_age_seconds`.
+    pub outbox_oldest_age: Gauge,
+    /// `xxl_edge_admin_requests_total{admin,call,result}`.
+    pub admin_requests: IntCounterVec,
+    /// `xxl_edge_admin_request_duration_seconds{admin,call}`.
+    pub admin_latency: HistogramVec,
+    /// `xxl_edge_registration_age_seconds{admin}`.
+    pub registration_age: GaugeVec,
+    /// `xxl_edge_store_size_bytes`.
+    pub store_size: IntGauge,
+    /// `xxl_edge_store_flush_duration_seconds`.
+    pub flush_duration: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 7200.0,
+];
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 3.0, 10.0];
+
+impl Metrics {
+    /// Creates every metric on a fresh registry.
+    ///
+    /// # Errors
+    /// Only if two metrics had the same name (a programming error caught by tests).
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let r = &registry;
+        let counter = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<_> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let hist = |name: &str, help: &str, labels: &[&str], b: &[f64]| -> prometheus::Result<_> {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(b.to_vec()), labels)?;
+            r.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let gauge = |name: &str, help: &str| -> prometheus::Result<_> {
+            let g = IntGauge::new(name, help)?;
+            r.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let flush_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "xxl_edge_store_flush_duration_seconds",
+                "Duration of store flushes (group commits).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        r.register(Box::new(flush_duration.clone()))?;
+        let info = GaugeVec::new(
+            Opts::new("xxl_edge_build_info", "Build information; always 1."),
+            &["version"],
+        )?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
+        r.register(Box::new(info))?;
+        let outbox_oldest_age = Gauge::new(
+            "xxl_edge_outbox_oldest_age_seconds",
+            "Age of the oldest callback waiting for an admin's acknowledgement.",
+        )?;
+        r.register(Box::new(outbox_oldest_age.clone()))?;
+        let registration_age = GaugeVec::new(
+            Opts::new(
+                "xxl_edge_registration_age_seconds",
+                "Seconds since the last successful registration with each admin.",
+            ),
+            &["admin"],
+        )?;
+        r.register(Box::new(registration_age.clone()))?;
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Self {
+            triggers: counter(
+                "xxl_edge_triggers_total",
+                "Triggers received on /run, by handler and result (accepted or why refused).",
+                &["handler", "result"],
+            )?,
+            runs: counter(
+                "xxl_edge_runs_total",
+                "Runs finished, by handler and outcome.",
+                &["handler", "outcome"],
+            )?,
+            run_duration: hist(
+                "xxl_edge_run_duration_seconds",
+                "Time from handler start to outcome.",
+                &["handler"],
+                DURATION_BUCKETS,
+            )?,
+            queue_wait: hist(
+                "xxl_edge_queue_wait_seconds",
+                "Time from acceptance to handler start.",
+                &["handler"],
+                DURATION_BUCKETS,
+            )?,
+            executing: gauge("xxl_edge_runs_executing", "Runs executing now.")?,
+            queued: gauge(
+                "xxl_edge_triggers_queued",
+                "Accepted triggers waiting to start.",
+            )?,
+            callbacks: counter(
+                "xxl_edge_callbacks_total",
+                "Callbacks delivered to an admin, or failed (each attempt of each callback).",
+                &["result"],
+            )?,
+            outbox_entries: gauge(
+                "xxl_edge_outbox_entries",
+                "Callbacks waiting in the durable outbox.",
+            )?,
+            outbox_oldest_age,
+            admin_requests: counter(
+                "xxl_edge_admin_requests_total",
+                "Calls to admins, by admin, call and result.",
+                &["admin", "call", "result"],
+            )?,
+            admin_latency: hist(
+                "xxl_edge_admin_request_duration_seconds",
+                "Latency of calls to admins.",
+                &["admin", "call"],
+                LATENCY_BUCKETS,
+            )?,
+            registration_age,
+            store_size: gauge(
+                "xxl_edge_store_size_bytes",
+                "Size of the sled store on disk.",
+            )?,
+            flush_duration,
+            registry,
+        })
+    }
+
+    /// Counts one trigger.
+    pub fn trigger(&self, handler: &str, result: TriggerResult) {
+        self.triggers
+            .with_label_values(&[handler, result.as_str()])
+            .inc();
+    }
+
+    /// Records a flush's duration.
+    pub fn flushed(&self, d: Duration) {
+        self.flush_duration.observe(d.as_secs_f64());
+    }
+
+    /// Renders the registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = TextEncoder::new();
+        if enc.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Sets up the executor's own log output: `RUST_LOG` wins over the configured level.
+pub fn init_logging(level: &str, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let res = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    // Already initialised (a library user set up tracing first): keep theirs.
+    drop(res);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_register_and_render() {
+        let m = Metrics::new().unwrap();
+        m.trigger("demo", TriggerResult::Accepted);
+        let out = m.render();
+        assert!(out.contains("xxl_edge_triggers_total{handler=\"demo\",result=\"accepted\"} 1"));
+        assert!(out.contains("xxl_edge_build_info{version="));
+    }
+}
