@@ -102,6 +102,7 @@ impl ExecutorBuilder {
         let metrics = Metrics::new()?;
         std::fs::create_dir_all(&config.executor.data_dir)?;
         let store = Store::open(&config.executor.data_dir, config.store.clone())?;
+        metrics.store_budget.set(config.store.max_bytes as i64);
         {
             let m = metrics.clone();
             store.set_flush_observer(Arc::new(move |d| m.flushed(d)));

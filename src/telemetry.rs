@@ -61,6 +61,34 @@ impl TriggerResult {
     }
 }
 
+/// Every metric family the executor exports (histograms add `_bucket`, `_sum`, `_count`).
+/// Dashboards and alert rules are checked against this list, so a rename breaks a test.
+pub const METRIC_NAMES: &[&str] = &[
+    "xxl_edge_build_info",
+    "xxl_edge_triggers_total",
+    "xxl_edge_runs_total",
+    "xxl_edge_run_duration_seconds",
+    "xxl_edge_queue_wait_seconds",
+    "xxl_edge_runs_executing",
+    "xxl_edge_triggers_queued",
+    "xxl_edge_callbacks_total",
+    "xxl_edge_outbox_entries",
+    "xxl_edge_outbox_oldest_age_seconds",
+    "xxl_edge_admin_requests_total",
+    "xxl_edge_admin_request_duration_seconds",
+    "xxl_edge_registration_age_seconds",
+    "xxl_edge_store_size_bytes",
+    "xxl_edge_store_budget_bytes",
+    "xxl_edge_store_flush_duration_seconds",
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+];
+
 /// Every metric the executor exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -91,6 +119,8 @@ pub struct Metrics {
     pub registration_age: GaugeVec,
     /// `xxl_edge_store_size_bytes`.
     pub store_size: IntGauge,
+    /// `xxl_edge_store_budget_bytes`: `store.max_bytes`, so alerts can compare.
+    pub store_budget: IntGauge,
     /// `xxl_edge_store_flush_duration_seconds`.
     pub flush_duration: Histogram,
 }
@@ -215,6 +245,10 @@ impl Metrics {
                 "xxl_edge_store_size_bytes",
                 "Size of the sled store on disk.",
             )?,
+            store_budget: gauge(
+                "xxl_edge_store_budget_bytes",
+                "The store's byte budget (store.max_bytes); finished runs are pruned beyond it.",
+            )?,
             flush_duration,
             registry,
         })
@@ -264,6 +298,34 @@ pub fn init_logging(level: &str, json: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_names_list_matches_the_registry() {
+        let m = Metrics::new().unwrap();
+        m.trigger("h", TriggerResult::Accepted);
+        m.runs.with_label_values(&["h", "success"]).inc();
+        m.run_duration.with_label_values(&["h"]).observe(1.0);
+        m.queue_wait.with_label_values(&["h"]).observe(1.0);
+        m.callbacks.with_label_values(&["delivered"]).inc();
+        m.admin_requests
+            .with_label_values(&["a", "registry", "ok"])
+            .inc();
+        m.admin_latency
+            .with_label_values(&["a", "registry"])
+            .observe(0.1);
+        m.registration_age.with_label_values(&["a"]).set(1.0);
+        m.flushed(Duration::from_millis(1));
+        let mut got: Vec<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        got.sort();
+        let mut want: Vec<String> = METRIC_NAMES.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(got, want);
+    }
 
     #[test]
     fn metrics_register_and_render() {
