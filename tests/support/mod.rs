@@ -145,6 +145,17 @@ impl FakeAdmin {
             .collect()
     }
 
+    /// The uri of every call, in arrival order.
+    pub fn uris_in_order(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .map(|c| c.uri.clone())
+            .collect()
+    }
+
     /// Every callback item received, in arrival order (batches flattened).
     pub fn callback_items(&self) -> Vec<Value> {
         self.calls("callback")
@@ -286,6 +297,12 @@ pub fn sample_handlers(b: ExecutorBuilder, probe: &Probe) -> ExecutorBuilder {
 
 /// A test config: token `default_token`, data in `dir`, admin at `admin`.
 pub fn test_config(dir: &std::path::Path, admin: &str, extra_toml: &str) -> Config {
+    // Fast kill grace and shutdown for tests, unless the test sets its own [runner].
+    let runner = if extra_toml.contains("[runner]") {
+        ""
+    } else {
+        "[runner]\nkill_grace_secs = 0.5\nshutdown_grace_secs = 1\n"
+    };
     let toml = format!(
         r#"
 [admin]
@@ -298,9 +315,7 @@ ip = "127.0.0.1"
 listen = "127.0.0.1"
 port = 0
 data_dir = "{}"
-[runner]
-kill_grace_secs = 0.5
-shutdown_grace_secs = 1
+{runner}
 [store]
 min_free_bytes = 0
 {extra_toml}
