@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use warp::Filter;
 
-use xxl_edge::{Config, Executor, ExecutorBuilder, JobContext, Outcome};
+use xxl_edge::{Config, ExecutorBuilder, JobContext, Outcome};
 
 /// How long any single wait in a test may take before the test fails.
 pub const GUARD: Duration = Duration::from_secs(20);
