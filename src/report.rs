@@ -149,8 +149,12 @@ impl Reporter {
         let n = batch.len() as u64;
         match self.admin.callback(&params).await {
             Ok(_) => {
+                // Flushed before anything else: an acknowledged callback must not come back
+                // after a crash (the "finish" log line below means "durably acknowledged").
                 if let Err(e) = self.store.ack(&batch) {
                     tracing::error!(error = %e, "Callbacks were delivered but cannot be removed from the outbox; they may be sent once more.");
+                } else if let Err(e) = self.store.durable().await {
+                    tracing::warn!(error = %e, "Cannot flush the outbox after a delivery; a crash now may send these callbacks once more.");
                 }
                 self.metrics
                     .callbacks

@@ -37,6 +37,8 @@ pub struct AdminCall {
     pub token: Option<String>,
     pub content_type: Option<String>,
     pub body: Value,
+    /// The admin answered `code == 200` (the executor may consider it delivered).
+    pub accepted: bool,
 }
 
 #[derive(Default)]
@@ -80,14 +82,16 @@ impl FakeAdmin {
                       ct: Option<String>,
                       body: bytes::Bytes| {
                     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let mode = *m.lock().unwrap();
                     s.lock().unwrap().calls.push(AdminCall {
                         uri,
                         token,
                         content_type: ct,
                         body,
+                        accepted: mode == AdminMode::Ok,
                     });
                     c.notify_waiters();
-                    match *m.lock().unwrap() {
+                    match mode {
                         AdminMode::Ok => warp::reply::with_status(
                             r#"{"code":200,"msg":null,"content":null}"#.to_string(),
                             warp::http::StatusCode::OK,
@@ -162,6 +166,19 @@ impl FakeAdmin {
             .into_iter()
             .flat_map(|c| c.body.as_array().cloned().unwrap_or_default())
             .collect()
+    }
+
+    /// Callback items the admin accepted (answered 200), per logId.
+    pub fn delivered(&self) -> std::collections::BTreeMap<i64, Vec<Value>> {
+        let mut m = std::collections::BTreeMap::<i64, Vec<Value>>::new();
+        for c in self.calls("callback").into_iter().filter(|c| c.accepted) {
+            for item in c.body.as_array().cloned().unwrap_or_default() {
+                m.entry(item["logId"].as_i64().unwrap())
+                    .or_default()
+                    .push(item);
+            }
+        }
+        m
     }
 
     /// Callback items received for one logId.

@@ -1,0 +1,585 @@
+//! Nothing lost: the real binary is started, `kill -9`ed and restarted on the same data
+//! directory, and the fake admin counts what it received per logId.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+/// The executor binary as a child process.
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    lines: std_mpsc::Receiver<Value>,
+    client: reqwest::Client,
+}
+
+impl Proc {
+    /// Starts `xxl-edge serve --config FILE --log-json` and waits for its "started" event.
+    async fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
+            .args(["serve", "--log-json", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std_mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        // Drained continuously so the executor never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let v = serde_json::from_str(&line).unwrap_or(json!({"raw": line}));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let addr = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + GUARD;
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let v: Value = rx
+                    .recv_timeout(left)
+                    .unwrap_or_else(|e| panic!("executor did not start: {e}"));
+                if v.get("raw").is_some() || v["level"] == "ERROR" {
+                    eprintln!("executor: {v}");
+                }
+                if v["fields"]["message"] == "xxl-edge executor started." {
+                    let addr = v["fields"]["listen"].as_str().unwrap().parse().unwrap();
+                    return (addr, rx);
+                }
+            }
+        })
+        .await
+        .unwrap();
+        Self {
+            child,
+            addr: addr.0,
+            lines: addr.1,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        drop(self.lines);
+    }
+
+    async fn sigterm(mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        tokio::task::spawn_blocking(move || self.child.wait().unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn post(&self, path: &str, body: String) -> Option<Value> {
+        let r = self
+            .client
+            .post(format!("http://{}{}", self.addr, path))
+            .header("XXL-JOB-ACCESS-TOKEN", "default_token")
+            .body(body)
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    async fn run(&self, job: i32, handler: &str, log_id: i64) -> Option<Value> {
+        self.post(
+            "/run",
+            json!({"jobId": job, "executorHandler": handler, "logId": log_id,
+                   "logDateTime": 1717171717000i64, "glueType": "BEAN",
+                   "executorBlockStrategy": "SERIAL_EXECUTION"})
+            .to_string(),
+        )
+        .await
+    }
+
+    async fn log(&self, log_id: i64) -> String {
+        let r = self
+            .post(
+                "/log",
+                format!(r#"{{"logId":{log_id},"logDateTim":0,"fromLineNum":1}}"#),
+            )
+            .await
+            .unwrap();
+        r["data"]["logContent"].as_str().unwrap_or("").to_string()
+    }
+
+    async fn wait_log(&self, log_id: i64, needle: &str) {
+        let deadline = tokio::time::Instant::now() + GUARD;
+        while !self.log(log_id).await.contains(needle) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "log {log_id} never showed {needle:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A data dir, a config pointing at `admin_url`, and the handlers the scenarios use:
+/// `gate` runs until the file `go` exists; `fast` appends its logId to `ran.txt`.
+struct Site {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Site {
+    fn new(admin_url: &str, extra: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let d = dir.display();
+        let config = dir.join("xxl-edge.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[admin]
+addresses = ["{admin_url}"]
+access_token = "default_token"
+timeout_secs = 1
+[executor]
+app_name = "crash-test"
+ip = "127.0.0.1"
+listen = "127.0.0.1"
+port = 0
+data_dir = "{d}/data"
+[runner]
+kill_grace_secs = 0.5
+shutdown_grace_secs = 1
+max_queue_per_job = 100000
+[store]
+min_free_bytes = 0
+[handlers.gate]
+command = ["sh", "-c", "echo started; while [ ! -f {d}/go ]; do sleep 0.02; done"]
+[handlers.fast]
+command = ["sh", "-c", "echo $XXL_JOB_LOG_ID >> {d}/ran.txt"]
+{extra}
+"#
+            ),
+        )
+        .unwrap();
+        Self {
+            _tmp: tmp,
+            dir,
+            config,
+        }
+    }
+
+    fn open_gate(&self) {
+        std::fs::write(self.dir.join("go"), "").unwrap();
+    }
+
+    /// How often each logId was executed by `fast`.
+    fn executions(&self) -> BTreeMap<i64, usize> {
+        let mut m = BTreeMap::new();
+        if let Ok(s) = std::fs::read_to_string(self.dir.join("ran.txt")) {
+            for l in s.lines().filter(|l| !l.is_empty()) {
+                *m.entry(l.trim().parse().unwrap()).or_default() += 1;
+            }
+        }
+        m
+    }
+}
+
+fn code_of(items: &[Value]) -> i64 {
+    items[0]["handleCode"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn kill9_while_queued_and_running_then_restart() {
+    let admin = FakeAdmin::start().await;
+    let site = Site::new(&admin.url(), "");
+    let p = Proc::start(&site.config).await;
+    assert_eq!(p.run(1, "gate", 1).await.unwrap()["code"], 200);
+    p.wait_log(1, "started").await;
+    for id in 2..=4 {
+        assert_eq!(p.run(1, "gate", id).await.unwrap()["code"], 200);
+    }
+    assert_eq!(p.run(2, "fast", 10).await.unwrap()["code"], 200);
+    admin
+        .wait_until("callback 10", |a| a.delivered().contains_key(&10))
+        .await;
+    // The finish line is written once the acknowledgement is on disk.
+    p.wait_log(10, "callback finish.").await;
+    p.kill9();
+    // Let the orphaned command of run 1 (its own process group) and the queued ones finish.
+    site.open_gate();
+
+    let p = Proc::start(&site.config).await;
+    admin
+        .wait_until("every callback", |a| {
+            let d = a.delivered();
+            (1..=4).all(|id| d.contains_key(&id))
+        })
+        .await;
+    // A logId already in the journal is never run again, also after a restart.
+    let r = p.run(2, "fast", 10).await.unwrap();
+    assert_eq!(r["msg"], "repeat trigger job, logId:10");
+    assert_eq!(p.sigterm().await.code(), Some(0));
+
+    let d = admin.delivered();
+    for id in [1, 2, 3, 4, 10] {
+        assert_eq!(d[&id].len(), 1, "logId {id}: {:?}", d[&id]);
+    }
+    assert_eq!(code_of(&d[&1]), 500);
+    assert!(d[&1][0]["handleMsg"]
+        .as_str()
+        .unwrap()
+        .contains("restarted during the run"));
+    for id in 2..=4 {
+        assert_eq!(code_of(&d[&id]), 200, "queued {id} ran after the restart");
+    }
+    assert_eq!(site.executions().get(&10), Some(&1));
+}
+
+#[tokio::test]
+async fn kill9_with_callbacks_pending_and_the_admin_down() {
+    // Learn a free port for the admin, then keep it down.
+    let probe = FakeAdmin::start().await;
+    let admin_addr = probe.addr;
+    probe.shutdown();
+    let url = format!("http://{admin_addr}/xxl-job-admin");
+    let site = Site::new(&url, "");
+    let p = Proc::start(&site.config).await;
+    for id in 1..=120 {
+        assert_eq!(p.run(id as i32 % 7, "fast", id).await.unwrap()["code"], 200);
+    }
+    p.wait_log(120, "execute end").await;
+    p.kill9();
+    let p = Proc::start(&site.config).await;
+    // More work while the admin is still away.
+    for id in 121..=130 {
+        assert_eq!(p.run(3, "fast", id).await.unwrap()["code"], 200);
+    }
+    p.wait_log(130, "execute end").await;
+    // The admin comes back on its address: everything arrives, in order, once, in batches ≤ 50.
+    let admin = loop {
+        if let Ok(l) = std::net::TcpListener::bind(admin_addr) {
+            drop(l);
+            break FakeAdmin::start_on(admin_addr).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    admin
+        .wait_until("all 130 callbacks", |a| a.delivered().len() == 130)
+        .await;
+    assert_eq!(p.sigterm().await.code(), Some(0));
+    let d = admin.delivered();
+    for id in 1..=130 {
+        assert_eq!(d[&id].len(), 1, "logId {id}");
+        assert_eq!(code_of(&d[&id]), 200);
+    }
+    let batches: Vec<usize> = admin
+        .calls("callback")
+        .iter()
+        .filter(|c| c.accepted)
+        .map(|c| c.body.as_array().unwrap().len())
+        .collect();
+    assert!(batches.iter().all(|n| *n <= 50), "{batches:?}");
+    // FIFO: logIds arrive in the order the runs finished (here: ascending per job, and the
+    // first 120 before the last 10).
+    let order: Vec<i64> = admin
+        .calls("callback")
+        .iter()
+        .filter(|c| c.accepted)
+        .flat_map(|c| c.body.as_array().unwrap().clone())
+        .map(|v| v["logId"].as_i64().unwrap())
+        .collect();
+    let first_late = order.iter().position(|id| *id > 120).unwrap();
+    assert!(order[..first_late].iter().all(|id| *id <= 120));
+    assert!(site.executions().values().all(|n| *n == 1));
+}
+
+#[tokio::test]
+async fn state_reads_the_store_while_stopped_and_a_corrupt_store_refuses_to_start() {
+    let admin = FakeAdmin::start().await;
+    let site = Site::new(&admin.url(), "");
+    let p = Proc::start(&site.config).await;
+    assert_eq!(p.run(1, "fast", 1).await.unwrap()["code"], 200);
+    admin
+        .wait_until("callback", |a| a.delivered().contains_key(&1))
+        .await;
+    // While running: the snapshot.
+    let out = Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
+        .args(["state", "--data-dir"])
+        .arg(site.dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("executor is running"));
+    assert_eq!(p.sigterm().await.code(), Some(0));
+    // Stopped: straight from the store.
+    let out = Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
+        .args(["state", "--data-dir"])
+        .arg(site.dir.join("data"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("outbox backlog       0"), "{text}");
+    assert!(text.contains("runs in journal      1"), "{text}");
+
+    // Corrupt the store: serve must refuse, naming what to do.
+    let store = site.dir.join("data/store");
+    for entry in walk(&store) {
+        if entry.is_file() {
+            let mut bytes = std::fs::read(&entry).unwrap();
+            for b in bytes.iter_mut() {
+                *b ^= 0x5a;
+            }
+            std::fs::write(&entry, bytes).unwrap();
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
+        .args(["serve", "--config"])
+        .arg(&site.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot be used") && err.contains("Move the directory aside"),
+        "{err}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn bad_config_exits_before_binding_and_names_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(&cfg, "[executor]\nport = 99999\n").unwrap();
+    for sub in ["serve", "check-config"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
+            .args([sub, "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("executor.port"), "{err}");
+    }
+    std::fs::write(&cfg, "[executor]\nport = 9999\ncolour = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("colour"));
+}
+
+#[tokio::test]
+async fn trigger_command_runs_a_handler_and_reports_its_result() {
+    let admin = FakeAdmin::start().await;
+    let site = Site::new(
+        &admin.url(),
+        "[handlers.bad]\ncommand = [\"sh\", \"-c\", \"echo nope; exit 4\"]\n",
+    );
+    let p = Proc::start(&site.config).await;
+    let url = format!("http://{}", p.addr);
+    let run = |name: &'static str| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
+                .args([
+                    "trigger",
+                    name,
+                    "--param",
+                    "x",
+                    "--executor",
+                    &url,
+                    "--token",
+                    "default_token",
+                    "--wait",
+                    "20",
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    let ok = run("fast").await.unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("handleCode=200"));
+    let bad = run("bad").await.unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("nope"));
+    let unknown = run("nothere").await.unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("job handler [nothere] not found."));
+    assert_eq!(p.sigterm().await.code(), Some(0));
+}
+
+/// Kills and restarts the executor several times while four senders keep triggering, then checks
+/// that every accepted logId got exactly one result and ran at most once.
+#[tokio::test]
+async fn soak_kill_restart_under_load() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let admin = FakeAdmin::start().await;
+    let site = Site::new(&admin.url(), "");
+    let target: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
+    let next_id = Arc::new(AtomicI64::new(1));
+    let accepted = Arc::new(Mutex::new(BTreeSet::new()));
+    // Requests that got no answer: the executor may have accepted them just before it died.
+    let unanswered = Arc::new(Mutex::new(BTreeSet::new()));
+    let total: i64 = std::env::var("XXL_EDGE_SOAK_TRIGGERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    let rounds = 6;
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let (target, next_id, accepted, unanswered) = (
+            target.clone(),
+            next_id.clone(),
+            accepted.clone(),
+            unanswered.clone(),
+        );
+        senders.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .unwrap();
+            loop {
+                let id = next_id.fetch_add(1, Ordering::SeqCst);
+                if id > total {
+                    return;
+                }
+                let Some(addr) = *target.lock().unwrap() else {
+                    // Executor down: the admin would record a trigger failure; nothing accepted.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                let body = json!({"jobId": id % 8, "executorHandler": "fast", "logId": id,
+                                  "logDateTime": 1717171717000i64, "glueType": "BEAN"});
+                let r = client
+                    .post(format!("http://{addr}/run"))
+                    .header("XXL-JOB-ACCESS-TOKEN", "default_token")
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) => match r.json::<Value>().await {
+                        Ok(v) if v["code"] == 200 => {
+                            accepted.lock().unwrap().insert(id);
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            unanswered.lock().unwrap().insert(id);
+                        }
+                    },
+                    Err(_) => {
+                        unanswered.lock().unwrap().insert(id);
+                    }
+                }
+            }
+        }));
+    }
+    for round in 0..rounds {
+        let p = Proc::start(&site.config).await;
+        *target.lock().unwrap() = Some(p.addr);
+        if round + 1 < rounds {
+            // Kill in the middle of the stream, after this round accepted some triggers.
+            let before = accepted.lock().unwrap().len();
+            let deadline = tokio::time::Instant::now() + GUARD;
+            while accepted.lock().unwrap().len() < before + 200
+                && next_id.load(Ordering::SeqCst) <= total
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            *target.lock().unwrap() = None;
+            p.kill9();
+        } else {
+            for s in senders.drain(..) {
+                s.await.unwrap();
+            }
+            let accepted = accepted.lock().unwrap().clone();
+            admin
+                .wait_until("every accepted logId called back", |a| {
+                    let d = a.delivered();
+                    accepted.iter().all(|id| d.contains_key(id))
+                })
+                .await;
+            assert_eq!(p.sigterm().await.code(), Some(0));
+        }
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    let d = admin.delivered();
+    let mut interrupted = 0;
+    for id in &accepted {
+        let items = &d[id];
+        // A second delivery is possible only if a crash fell between the admin's answer and the
+        // outbox flush; it must then carry the same result.
+        assert!(items.len() <= 2, "logId {id}: {items:?}");
+        assert!(
+            items.iter().all(|i| i == &items[0]),
+            "logId {id}: {items:?}"
+        );
+        if code_of(items) != 200 {
+            assert!(items[0]["handleMsg"]
+                .as_str()
+                .unwrap()
+                .contains("restarted"));
+            interrupted += 1;
+        }
+    }
+    let dupes = accepted.iter().filter(|id| d[id].len() > 1).count();
+    let unanswered = unanswered.lock().unwrap().clone();
+    let ran = site.executions();
+    assert!(ran.values().all(|n| *n == 1), "a logId ran twice");
+    // A trigger the executor refused (answered 500) never runs and is never called back.
+    let maybe = |id: &i64| accepted.contains(id) || unanswered.contains(id);
+    assert!(ran.keys().all(maybe), "a refused trigger ran");
+    assert!(d.keys().all(maybe), "a callback for a refused trigger");
+    // One accepted just before a kill, whose answer was lost, still gets exactly one result.
+    let late: Vec<_> = d.keys().filter(|id| unanswered.contains(id)).collect();
+    for id in &late {
+        assert!(d[id].len() <= 2 && d[id].iter().all(|i| i == &d[id][0]));
+    }
+    eprintln!(
+        "soak: {} sent, {} accepted, {} unanswered ({} of them accepted after all), {} interrupted by kill -9, {} delivered twice",
+        total,
+        accepted.len(),
+        unanswered.len(),
+        late.len(),
+        interrupted,
+        dupes
+    );
+    assert!(accepted.len() >= 1000, "{}", accepted.len());
+}
