@@ -175,6 +175,9 @@ min_free_bytes = 0
 command = ["sh", "-c", "echo started; while [ ! -f {d}/go ]; do sleep 0.02; done"]
 [handlers.fast]
 command = ["sh", "-c", "echo $XXL_JOB_LOG_ID >> {d}/ran.txt"]
+[handlers.safe_gate]
+command = ["sh", "-c", "echo started; echo $XXL_JOB_LOG_ID >> {d}/safe.txt; while [ ! -f {d}/go ]; do sleep 0.02; done"]
+rerun_safe = true
 {extra}
 "#
             ),
@@ -217,6 +220,9 @@ async fn kill9_while_queued_and_running_then_restart() {
     for id in 2..=4 {
         assert_eq!(p.run(1, "gate", id).await.unwrap()["code"], 200);
     }
+    // A handler declared safe to re-run runs again after the crash instead of failing.
+    assert_eq!(p.run(3, "safe_gate", 30).await.unwrap()["code"], 200);
+    p.wait_log(30, "started").await;
     assert_eq!(p.run(2, "fast", 10).await.unwrap()["code"], 200);
     admin
         .wait_until("callback 10", |a| a.delivered().contains_key(&10))
@@ -231,7 +237,7 @@ async fn kill9_while_queued_and_running_then_restart() {
     admin
         .wait_until("every callback", |a| {
             let d = a.delivered();
-            (1..=4).all(|id| d.contains_key(&id))
+            (1..=4).chain([30]).all(|id| d.contains_key(&id))
         })
         .await;
     // A logId already in the journal is never run again, also after a restart.
@@ -252,6 +258,9 @@ async fn kill9_while_queued_and_running_then_restart() {
         assert_eq!(code_of(&d[&id]), 200, "queued {id} ran after the restart");
     }
     assert_eq!(site.executions().get(&10), Some(&1));
+    assert_eq!(code_of(&d[&30]), 200);
+    let safe = std::fs::read_to_string(site.dir.join("safe.txt")).unwrap();
+    assert_eq!(safe.lines().count(), 2, "ran before and after the crash");
 }
 
 #[tokio::test]
