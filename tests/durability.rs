@@ -204,7 +204,7 @@ async fn retention_prunes_reported_runs_and_their_logs() {
     // Prune with an age of zero through the store API: reported runs and logs go; the journal
     // still refuses nothing it has forgotten, so the logId could run again only after pruning.
     let store = xxl_edge::store::Store::open(
-        &dir.path().to_path_buf(),
+        dir.path(),
         xxl_edge::Config::defaults().store,
     )
     .unwrap();
