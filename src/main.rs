@@ -18,6 +18,8 @@ use xxl_edge::store::{Store, StoreError};
 use xxl_edge::{clock, telemetry, Executor};
 
 const EX_USAGE: u8 = 64;
+/// The handler name of the admin's sample job.
+const DEMO_HANDLER: &str = "demoJobHandler";
 const EX_STORE: u8 = 2;
 
 /// An XXL-JOB executor for edge hosts: durable, observable, small.
@@ -199,7 +201,16 @@ fn serve(a: ServeArgs) -> ExitCode {
     };
     rt.block_on(async move {
         let addr = std::net::SocketAddr::new(config.executor.listen, config.executor.port);
-        let executor = match Executor::builder().config(config).build().await {
+        // The admin's sample job calls `demoJobHandler`; answering it out of the box lets an
+        // operator check the whole path from the admin. A configured handler of that name wins.
+        let mut builder = Executor::builder();
+        if !config.handlers.contains_key(DEMO_HANDLER) {
+            builder = builder.handler(DEMO_HANDLER, |ctx: xxl_edge::JobContext| async move {
+                ctx.log("XXL-JOB, Hello World.");
+                xxl_edge::Outcome::success()
+            });
+        }
+        let executor = match builder.config(config).build().await {
             Ok(e) => e,
             Err(xxl_edge::executor::Error::Store(e)) => {
                 eprintln!("xxl-edge: {e}");

@@ -203,11 +203,8 @@ async fn retention_prunes_reported_runs_and_their_logs() {
     ex.shutdown().await;
     // Prune with an age of zero through the store API: reported runs and logs go; the journal
     // still refuses nothing it has forgotten, so the logId could run again only after pruning.
-    let store = xxl_edge::store::Store::open(
-        dir.path(),
-        xxl_edge::Config::defaults().store,
-    )
-    .unwrap();
+    let store =
+        xxl_edge::store::Store::open(dir.path(), xxl_edge::Config::defaults().store).unwrap();
     assert!(store.has_run(xxl_edge::LogId(1)).unwrap());
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(store.prune(Some(Duration::from_millis(1))).unwrap(), 1);
