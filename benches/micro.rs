@@ -64,7 +64,7 @@ fn benches(c: &mut Criterion) {
                     let t = trigger(id);
                     store.insert_accepted(&t).unwrap();
                     store
-                        .finish(&t, &Outcome::success(), OutcomeKind::Success)
+                        .finish(&t, &Outcome::success(), OutcomeKind::Success, None)
                         .unwrap();
                 }
             },

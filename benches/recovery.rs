@@ -47,7 +47,7 @@ fn main() {
                 store.append_log(t.log_id, 1, "start").unwrap();
                 store.append_log(t.log_id, 2, "end").unwrap();
                 store
-                    .finish(&t, &Outcome::success(), OutcomeKind::Success)
+                    .finish(&t, &Outcome::success(), OutcomeKind::Success, None)
                     .unwrap();
             }
         }

@@ -288,7 +288,36 @@ where
                     return Err(ApiError::Invalid(e.to_string()));
                 }
             };
-            s.runner.submit(t).await?;
+            let (glue_type, handler) = match &t.glue {
+                crate::job::Glue::Bean => ("BEAN", t.handler.as_str()),
+                crate::job::Glue::Script { kind, .. } => (kind.wire_name(), ""),
+            };
+            // One trace per trigger starts here; the queue wait and the run are its children.
+            let span = tracing::debug_span!(
+                "POST /run",
+                otel.kind = "server",
+                otel.status_code = tracing::field::Empty,
+                http.request.method = "POST",
+                http.route = route,
+                http.response.status_code = 200,
+                xxl.job.id = t.job_id.0,
+                xxl.job.log_id = t.log_id.0,
+                xxl.job.handler = handler,
+                xxl.job.glue_type = glue_type,
+                xxl.job.block_strategy = t.block.as_str(),
+                xxl.trigger.code = tracing::field::Empty,
+                xxl.trigger.msg = tracing::field::Empty,
+            );
+            let res = tracing::Instrument::instrument(s.runner.submit(t), span.clone()).await;
+            match &res {
+                Ok(()) => span.record("xxl.trigger.code", 200),
+                Err(r) => {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("xxl.trigger.msg", r.msg.as_str());
+                    span.record("xxl.trigger.code", 500)
+                }
+            };
+            res?;
             Ok(json_reply(&ReturnT::success()))
         }
     }

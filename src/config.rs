@@ -200,6 +200,14 @@ pub struct RawTelemetry {
     pub log_level: Option<String>,
     /// `telemetry.log_format`: `text` or `json`.
     pub log_format: Option<String>,
+    /// `telemetry.otlp_endpoint`: OTLP/HTTP base URL (`…/v1/traces` is appended).
+    pub otlp_endpoint: Option<String>,
+    /// `telemetry.otlp_traces_endpoint`: full traces URL (used as is).
+    pub otlp_traces_endpoint: Option<String>,
+    /// `telemetry.service_name`.
+    pub service_name: Option<String>,
+    /// `telemetry.trace_sample_ratio`.
+    pub trace_sample_ratio: Option<f64>,
 }
 
 /// `[handlers.NAME]` as written.
@@ -348,6 +356,12 @@ pub struct TelemetryConfig {
     pub log_level: String,
     /// JSON logs instead of text.
     pub log_json: bool,
+    /// Full OTLP/HTTP traces URL; `None` keeps trace export off.
+    pub otlp_traces_url: Option<String>,
+    /// `service.name` of the traces.
+    pub service_name: String,
+    /// Share of traces kept (parent-based ratio sampler).
+    pub trace_sample_ratio: f64,
 }
 
 /// A command handler.
@@ -654,6 +668,40 @@ impl Config {
                 ))
             }
         };
+        let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        let otlp_traces_url = match (
+            raw.telemetry
+                .otlp_traces_endpoint
+                .filter(|s| !s.trim().is_empty()),
+            raw.telemetry.otlp_endpoint.filter(|s| !s.trim().is_empty()),
+        ) {
+            (Some(full), _) => {
+                if !url_ok(full.trim()) {
+                    return Err(invalid(
+                        "telemetry.otlp_traces_endpoint",
+                        format!("\"{full}\" is not an http:// or https:// URL"),
+                    ));
+                }
+                Some(full.trim().to_string())
+            }
+            (None, Some(base)) => {
+                if !url_ok(base.trim()) {
+                    return Err(invalid(
+                        "telemetry.otlp_endpoint",
+                        format!("\"{base}\" is not an http:// or https:// URL"),
+                    ));
+                }
+                Some(format!("{}/v1/traces", base.trim().trim_end_matches('/')))
+            }
+            (None, None) => None,
+        };
+        let trace_sample_ratio = raw.telemetry.trace_sample_ratio.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&trace_sample_ratio) {
+            return Err(invalid(
+                "telemetry.trace_sample_ratio",
+                format!("{trace_sample_ratio} is not in 0.0..=1.0"),
+            ));
+        }
         let telemetry = TelemetryConfig {
             metrics_listen,
             log_level: raw
@@ -661,6 +709,13 @@ impl Config {
                 .log_level
                 .unwrap_or_else(|| "info".to_string()),
             log_json,
+            otlp_traces_url,
+            service_name: raw
+                .telemetry
+                .service_name
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| "xxl-edge".to_string()),
+            trace_sample_ratio,
         };
 
         let mut handlers = BTreeMap::new();
@@ -799,6 +854,16 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Source) -> Result<(), ConfigError> {
     if let Some(v) = env.get("XXL_EDGE_LOG_FORMAT") {
         raw.telemetry.log_format = Some(v);
     }
+    // The standard OpenTelemetry variables.
+    if let Some(v) = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        raw.telemetry.otlp_endpoint = Some(v);
+    }
+    if let Some(v) = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        raw.telemetry.otlp_traces_endpoint = Some(v);
+    }
+    if let Some(v) = env.get("OTEL_SERVICE_NAME") {
+        raw.telemetry.service_name = Some(v);
+    }
     if let Some(v) = env.get("XXL_EDGE_GLUE_ENABLED") {
         raw.glue.enabled = Some(
             v.split(',')
@@ -917,6 +982,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("handlers.x.command"), "{e}");
+    }
+
+    #[test]
+    fn otlp_endpoints_follow_the_standard_variables() {
+        let c = Config::load(
+            None,
+            &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318/")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.telemetry.otlp_traces_url.as_deref(),
+            Some("http://otel:4318/v1/traces")
+        );
+        let c = Config::load(
+            None,
+            &env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:1/x"),
+                ("OTEL_SERVICE_NAME", "gw-7"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.telemetry.otlp_traces_url.as_deref(), Some("http://t:1/x"));
+        assert_eq!(c.telemetry.service_name, "gw-7");
+        assert!(Config::defaults().telemetry.otlp_traces_url.is_none());
     }
 
     #[test]

@@ -192,7 +192,30 @@ fn serve(a: ServeArgs) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    telemetry::init_logging(&config.telemetry.log_level, config.telemetry.log_json);
+    let otlp = config
+        .telemetry
+        .otlp_traces_url
+        .clone()
+        .map(|url| telemetry::traces::OtlpConfig {
+            traces_url: url,
+            service_name: config.telemetry.service_name.clone(),
+            sample_ratio: config.telemetry.trace_sample_ratio,
+            timeout: Duration::from_secs(10),
+        });
+    let _trace_guard = match telemetry::traces::init(
+        &config.telemetry.log_level,
+        config.telemetry.log_json,
+        otlp.as_ref(),
+    ) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("xxl-edge: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if let Some(o) = &otlp {
+        tracing::info!(endpoint = %o.traces_url, service = %o.service_name, "Exporting traces over OTLP/HTTP.");
+    }
     let threads = a
         .worker_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(2)));

@@ -78,7 +78,9 @@ impl Registrar {
                 let p = self.param.clone();
                 async move { admin.registry(i, &p).await }
             });
-            let results = futures_util::future::join_all(calls).await;
+            let beat = tracing::debug_span!("registry.beat", otel.kind = "internal");
+            let results =
+                tracing::Instrument::instrument(futures_util::future::join_all(calls), beat).await;
             for (i, r) in results.into_iter().enumerate() {
                 match r {
                     Ok(()) => {

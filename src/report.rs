@@ -147,7 +147,23 @@ impl Reporter {
             .map(|(_, e)| HandleCallbackParam::from(&e.callback))
             .collect();
         let n = batch.len() as u64;
-        match self.admin.callback(&params).await {
+        // Sent in a batch: linked to each run it reports rather than parented by one.
+        let span = tracing::debug_span!(
+            "callback.send",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            xxl.callback.count = n,
+        );
+        for (_, e) in &batch {
+            if let Some(r) = &e.trace {
+                crate::telemetry::traces::link(&span, r);
+            }
+        }
+        let res = tracing::Instrument::instrument(self.admin.callback(&params), span.clone()).await;
+        if res.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        match res {
             Ok(_) => {
                 // Flushed before anything else: an acknowledged callback must not come back
                 // after a crash (the "finish" log line below means "durably acknowledged").

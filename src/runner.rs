@@ -111,6 +111,23 @@ struct WorkerState {
 struct Queued {
     trigger: Trigger,
     accepted_at: Instant,
+    /// The `/run` request's span: the run's span is its child, so one trace per trigger.
+    span: tracing::Span,
+    /// Open while the trigger waits; closed when it starts.
+    wait_span: tracing::Span,
+}
+
+impl Queued {
+    fn new(trigger: Trigger) -> Self {
+        let span = tracing::Span::current();
+        let wait_span = tracing::debug_span!(parent: &span, "job.queue", otel.kind = "internal");
+        Self {
+            trigger,
+            accepted_at: Instant::now(),
+            span,
+            wait_span,
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -376,10 +393,7 @@ impl Runner {
                     w
                 }
             };
-            w.push(Queued {
-                trigger: t.clone(),
-                accepted_at: Instant::now(),
-            });
+            w.push(Queued::new(t.clone()));
             inner.metrics.queued.inc();
         }
         for (w, queued) in victims {
@@ -428,7 +442,8 @@ impl Runner {
     /// Records an outcome with its callback and wakes the reporter.
     fn record(&self, t: &Trigger, outcome: &Outcome, kind: OutcomeKind, ran: Option<Duration>) {
         let label = self.label(t);
-        match self.inner.store.finish(t, outcome, kind) {
+        let trace = crate::telemetry::traces::span_ref(&tracing::Span::current());
+        match self.inner.store.finish(t, outcome, kind, trace) {
             Ok(true) => {
                 self.inner
                     .metrics
@@ -568,10 +583,8 @@ impl Runner {
             }
         };
         drop(jobs);
-        w.push(Queued {
-            trigger: t.clone(),
-            accepted_at: Instant::now(),
-        });
+        let _recovery = tracing::debug_span!("job.recover", otel.kind = "internal").entered();
+        w.push(Queued::new(t.clone()));
         self.inner.metrics.queued.inc();
         Ok(())
     }
@@ -654,14 +667,46 @@ impl Runner {
     }
 
     async fn run_one(&self, w: &Worker, q: Queued) {
-        let t = q.trigger;
+        use tracing::Instrument;
+        let Queued {
+            trigger,
+            accepted_at,
+            span,
+            wait_span,
+        } = q;
+        drop(wait_span);
+        let (glue_type, handler) = match &trigger.glue {
+            Glue::Bean => ("BEAN", trigger.handler.as_str()),
+            Glue::Script { kind, .. } => (kind.wire_name(), ""),
+        };
+        let run_span = tracing::debug_span!(
+            parent: &span,
+            "job.run",
+            otel.kind = "internal",
+            otel.status_code = tracing::field::Empty,
+            xxl.job.id = trigger.job_id.0,
+            xxl.job.log_id = trigger.log_id.0,
+            xxl.job.handler = handler,
+            xxl.job.glue_type = glue_type,
+            xxl.job.block_strategy = trigger.block.as_str(),
+            xxl.job.shard_index = trigger.shard_index,
+            xxl.job.shard_total = trigger.shard_total,
+            xxl.job.outcome.code = tracing::field::Empty,
+            xxl.job.outcome = tracing::field::Empty,
+        );
+        self.run_traced(w, trigger, accepted_at, run_span.clone())
+            .instrument(run_span)
+            .await;
+    }
+
+    async fn run_traced(&self, w: &Worker, t: Trigger, accepted_at: Instant, span: tracing::Span) {
         let inner = &self.inner;
         let label = self.label(&t);
         inner
             .metrics
             .queue_wait
             .with_label_values(&[&label])
-            .observe(q.accepted_at.elapsed().as_secs_f64());
+            .observe(accepted_at.elapsed().as_secs_f64());
         let key = w.handler.key_for(&t);
         if let Some((k, ttl)) = &key {
             match inner.store.check_key(k, t.log_id, *ttl) {
@@ -685,6 +730,11 @@ impl Runner {
         }
         inner.metrics.executing.inc();
         let log = RunLog::open(&inner.store, t.log_id, inner.store.max_log_bytes_per_run());
+        // The trace id first, so the admin's log view leads to the trace.
+        if let Some(r) = crate::telemetry::traces::span_ref(&span) {
+            let trace_id = r.split('-').next().unwrap_or("");
+            log.system(&format!("<br>----------- xxl-edge trace_id={trace_id}"));
+        }
         log.system(&format!(
             "<br>----------- xxl-job job execute start -----------<br>----------- Param:{}",
             t.params.as_deref().unwrap_or("null")
@@ -692,7 +742,10 @@ impl Runner {
         let started = Instant::now();
         let cancel = w.stop.child_token();
         let ctx = JobContext::new(&t, JobLog::new(Arc::new(log.clone())), cancel.clone());
-        let mut task: JoinHandle<Outcome> = tokio::spawn(w.handler.call(ctx));
+        let mut task: JoinHandle<Outcome> = tokio::spawn(tracing::Instrument::instrument(
+            w.handler.call(ctx),
+            span.clone(),
+        ));
 
         enum End {
             Done(Result<Outcome, tokio::task::JoinError>),
@@ -758,6 +811,11 @@ impl Runner {
             outcome.msg.as_deref().unwrap_or("null")
         ));
         inner.metrics.executing.dec();
+        span.record("xxl.job.outcome.code", outcome.code);
+        span.record("xxl.job.outcome", kind.as_str());
+        if !outcome.is_success() {
+            span.record("otel.status_code", "ERROR");
+        }
         self.record(&t, &outcome, kind, Some(started.elapsed()));
         if let Err(e) = inner.store.durable().await {
             tracing::error!(error = %e, log_id = %t.log_id, "Cannot flush a run's outcome.");

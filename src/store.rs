@@ -110,6 +110,9 @@ pub struct OutboxEntry {
     pub callback: Callback,
     /// When it was queued (epoch ms), for the backlog age.
     pub queued_ms: i64,
+    /// `traceid-spanid` of the run's span, so the callback span can link to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// An idempotency key's record.
@@ -458,7 +461,13 @@ impl Store {
     ///
     /// # Errors
     /// I/O or a corrupt record.
-    pub fn finish(&self, trigger: &Trigger, outcome: &Outcome, kind: OutcomeKind) -> Result<bool> {
+    pub fn finish(
+        &self,
+        trigger: &Trigger,
+        outcome: &Outcome,
+        kind: OutcomeKind,
+        trace: Option<String>,
+    ) -> Result<bool> {
         let seq = self.inner.db.generate_id()?;
         let now = clock::now_ms();
         let entry = OutboxEntry {
@@ -468,6 +477,7 @@ impl Store {
                 outcome: outcome.clone(),
             },
             queued_ms: now,
+            trace,
         };
         let entry = serde_json::to_vec(&entry)?;
         let key = run_key(trigger.log_id);
@@ -912,10 +922,10 @@ mod tests {
             s.mark_running(LogId(2), None).unwrap();
             s.insert_accepted(&trig(4)).unwrap();
             assert!(s
-                .finish(&trig(4), &Outcome::success(), OutcomeKind::Success)
+                .finish(&trig(4), &Outcome::success(), OutcomeKind::Success, None)
                 .unwrap());
             assert!(!s
-                .finish(&trig(4), &Outcome::fail("x"), OutcomeKind::Failed)
+                .finish(&trig(4), &Outcome::fail("x"), OutcomeKind::Failed, None)
                 .unwrap());
             for i in 1..=5 {
                 s.append_log(LogId(4), i, &format!("line {i}")).unwrap();
@@ -960,12 +970,12 @@ mod tests {
             s.check_key("k", LogId(2), ttl).unwrap(),
             KeyCheck::InFlight(LogId(1))
         );
-        s.finish(&trig(1), &Outcome::fail("no"), OutcomeKind::Failed)
+        s.finish(&trig(1), &Outcome::fail("no"), OutcomeKind::Failed, None)
             .unwrap();
         assert_eq!(s.check_key("k", LogId(3), ttl).unwrap(), KeyCheck::Fresh);
         s.insert_accepted(&trig(3)).unwrap();
         s.mark_running(LogId(3), Some("k".into())).unwrap();
-        s.finish(&trig(3), &Outcome::success(), OutcomeKind::Success)
+        s.finish(&trig(3), &Outcome::success(), OutcomeKind::Success, None)
             .unwrap();
         assert_eq!(
             s.check_key("k", LogId(4), ttl).unwrap(),

@@ -277,27 +277,6 @@ impl Metrics {
     }
 }
 
-/// Sets up the executor's own log output: `RUST_LOG` wins over the configured level.
-pub fn init_logging(level: &str, json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    // No colour codes when stderr is a pipe or journald, only on a terminal.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    let res = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-    // Already initialised (a library user set up tracing first): keep theirs.
-    drop(res);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,5 +316,158 @@ mod tests {
         let out = m.render();
         assert!(out.contains("xxl_edge_triggers_total{handler=\"demo\",result=\"accepted\"} 1"));
         assert!(out.contains("xxl_edge_build_info{version="));
+    }
+}
+
+/// OTLP trace export: off unless an endpoint is configured.
+pub mod traces {
+    use std::time::Duration;
+
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+    };
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    use opentelemetry_sdk::trace::{
+        BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+    };
+    use opentelemetry_sdk::Resource;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+
+    /// Where and how traces go.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct OtlpConfig {
+        /// The full traces URL, e.g. `http://collector:4318/v1/traces`.
+        pub traces_url: String,
+        /// `service.name` (also `OTEL_SERVICE_NAME`).
+        pub service_name: String,
+        /// Share of traces kept, 0.0 to 1.0 (parent-based).
+        pub sample_ratio: f64,
+        /// Export timeout per batch.
+        pub timeout: Duration,
+    }
+
+    /// The exporter could not be built.
+    #[derive(Debug, thiserror::Error)]
+    #[error("OTLP exporter: {0}")]
+    pub struct TraceError(String);
+
+    /// Builds a tracer provider exporting OTLP/HTTP protobuf in batches. Memory is bounded by the
+    /// batch queue (2048 spans; spans beyond it are dropped, never waited for).
+    ///
+    /// # Errors
+    /// The exporter could not be built.
+    pub fn provider(cfg: &OtlpConfig) -> Result<SdkTracerProvider, TraceError> {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(cfg.traces_url.clone())
+            .with_timeout(cfg.timeout)
+            .build()
+            .map_err(|e| TraceError(e.to_string()))?;
+        let batch = BatchSpanProcessor::builder(exporter)
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_max_queue_size(2048)
+                    .with_max_export_batch_size(256)
+                    .with_scheduled_delay(Duration::from_secs(2))
+                    .build(),
+            )
+            .build();
+        // `Resource::builder()` also reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME.
+        let resource = Resource::builder()
+            .with_service_name(cfg.service_name.clone())
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.version",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .build();
+        Ok(SdkTracerProvider::builder()
+            .with_span_processor(batch)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                cfg.sample_ratio,
+            ))))
+            .with_resource(resource)
+            .build())
+    }
+
+    /// A layer that turns xxl-edge's spans into OpenTelemetry spans. Its own filter keeps the
+    /// per-trigger spans (debug level) whatever `RUST_LOG` says about the text logs.
+    pub fn layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + Send + Sync
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+    {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("xxl-edge"))
+            .with_filter(Targets::new().with_target("xxl_edge", LevelFilter::DEBUG))
+    }
+
+    /// Keeps the exporter alive; flushes what is buffered when dropped.
+    #[derive(Debug)]
+    pub struct Guard(Option<SdkTracerProvider>);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some(p) = self.0.take() {
+                let _ = p.shutdown();
+            }
+        }
+    }
+
+    /// Sets up the process's logging and, when configured, trace export: text or JSON logs
+    /// filtered by `RUST_LOG` (else `level`), and OTLP with its own filter.
+    ///
+    /// # Errors
+    /// The exporter could not be built.
+    pub fn init(level: &str, json: bool, otlp: Option<&OtlpConfig>) -> Result<Guard, TraceError> {
+        let filter = EnvFilter::try_from_default_env()
+            .or_else(|_| EnvFilter::try_new(level))
+            .unwrap_or_else(|_| EnvFilter::new("info"));
+        // No colour codes when stderr is a pipe or journald, only on a terminal.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr);
+        let fmt = if json {
+            fmt.json().with_filter(filter).boxed()
+        } else {
+            fmt.with_filter(filter).boxed()
+        };
+        let provider = otlp.map(provider).transpose()?;
+        let otel = provider.as_ref().map(layer);
+        // Already initialised (a library user set up tracing first): keep theirs.
+        let _ = tracing_subscriber::registry()
+            .with(fmt)
+            .with(otel)
+            .try_init();
+        Ok(Guard(provider))
+    }
+
+    /// `traceid-spanid` of a span when it is recorded by OpenTelemetry, for the run log and for
+    /// linking the callback span to the run it reports.
+    pub fn span_ref(span: &tracing::Span) -> Option<String> {
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        sc.is_valid()
+            .then(|| format!("{}-{}", sc.trace_id(), sc.span_id()))
+    }
+
+    /// Adds a link from `span` to the span named by a [`span_ref`] string.
+    pub fn link(span: &tracing::Span, reference: &str) {
+        let Some((t, s)) = reference.split_once('-') else {
+            return;
+        };
+        if let (Ok(t), Ok(s)) = (TraceId::from_hex(t), SpanId::from_hex(s)) {
+            span.add_link(SpanContext::new(
+                t,
+                s,
+                TraceFlags::SAMPLED,
+                true,
+                TraceState::default(),
+            ));
+        }
     }
 }

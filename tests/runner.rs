@@ -187,7 +187,16 @@ async fn limits_refuse_and_accept_nothing() {
         probe.gate.notify_one();
         assert_eq!(admin.callback(id).await["handleCode"], 200);
     }
-    // Refused triggers were never accepted: a retry with the same logIds now runs.
+    // The callback can arrive a moment before the worker is idle: wait on the admin's own
+    // busy signal, then retry. Refused triggers were never accepted, so the same logId runs.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while ex.post("/idleBeat", r#"{"jobId":1}"#).await["code"] != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job 1 never went idle"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(ex.run(2, "demoJobHandler", 5, json!({})).await, ok());
     assert_eq!(admin.callback(5).await["handleCode"], 200);
     assert!(admin.callbacks_for(4).is_empty());

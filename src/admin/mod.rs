@@ -186,6 +186,36 @@ impl AdminClient {
         body: &T,
     ) -> Result<(), AdminError> {
         let url = format!("{base}/api/{call}");
+        let span = tracing::debug_span!(
+            "admin.call",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "POST",
+            url.full = url.as_str(),
+            xxl.admin.call = call,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let res = tracing::Instrument::instrument(self.post_url(&url, body), span.clone()).await;
+        match &res {
+            Ok(status) => {
+                span.record("http.response.status_code", status);
+            }
+            Err(e) => {
+                if let AdminError::Status(code, _) = e {
+                    span.record("http.response.status_code", code);
+                }
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        res.map(|_| ())
+    }
+
+    async fn post_url<T: serde::Serialize + ?Sized>(
+        &self,
+        url: &str,
+        body: &T,
+    ) -> Result<u16, AdminError> {
+        let url = url.to_string();
         let json = serde_json::to_vec(body)
             .map_err(|e| AdminError::Invalid(url.clone(), e.to_string()))?;
         let resp = self
@@ -208,7 +238,7 @@ impl AdminClient {
         let reply: AdminReply = serde_json::from_str(&text)
             .map_err(|_| AdminError::Invalid(url.clone(), text.chars().take(200).collect()))?;
         if reply.code == 200 {
-            Ok(())
+            Ok(status)
         } else {
             Err(AdminError::Rejected(
                 reply.code,
