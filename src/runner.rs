@@ -380,14 +380,7 @@ impl Runner {
                         Some(h) => h,
                         None => self.build_handler(&t, &resolved)?,
                     };
-                    let w = Arc::new(Worker {
-                        job_id: t.job_id,
-                        resolved: resolved.clone(),
-                        handler,
-                        state: Mutex::new(WorkerState::default()),
-                        wake: Notify::new(),
-                        stop: CancellationToken::new(),
-                    });
+                    let w = Worker::new(t.job_id, resolved.clone(), handler);
                     jobs.insert(t.job_id, w.clone());
                     self.spawn_worker(w.clone());
                     w
@@ -564,14 +557,7 @@ impl Runner {
             Some(w) if w.resolved.same_as(&resolved) => w.clone(),
             _ => {
                 let handler = self.build_handler(t, &resolved)?;
-                let w = Arc::new(Worker {
-                    job_id: t.job_id,
-                    resolved,
-                    handler,
-                    state: Mutex::new(WorkerState::default()),
-                    wake: Notify::new(),
-                    stop: CancellationToken::new(),
-                });
+                let w = Worker::new(t.job_id, resolved, handler);
                 if let Some(old) = jobs.insert(t.job_id, w.clone()) {
                     let q = old.stop_with(reason::CHANGE_SOURCE);
                     drop(jobs);
@@ -857,6 +843,17 @@ fn store_refusal(e: StoreError) -> Refusal {
 }
 
 impl Worker {
+    fn new(job_id: JobId, resolved: Resolved, handler: Handler) -> Arc<Self> {
+        Arc::new(Self {
+            job_id,
+            resolved,
+            handler,
+            state: Mutex::new(WorkerState::default()),
+            wake: Notify::new(),
+            stop: CancellationToken::new(),
+        })
+    }
+
     fn push(&self, q: Queued) {
         let mut st = lock(&self.state);
         st.queued_ids.insert(q.trigger.log_id);

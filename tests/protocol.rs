@@ -6,16 +6,6 @@ mod support;
 
 use serde_json::{json, Value};
 use support::*;
-use xxl_edge::Executor;
-
-async fn setup(extra: &str) -> (FakeAdmin, TestExecutor, Probe, tempfile::TempDir) {
-    let admin = FakeAdmin::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let probe = Probe::new();
-    let cfg = test_config(dir.path(), &admin.url(), extra);
-    let exec = TestExecutor::start(sample_handlers(Executor::builder().config(cfg), &probe)).await;
-    (admin, exec, probe, dir)
-}
 
 #[tokio::test]
 async fn t01_to_t08_transport_checks() {

@@ -11,15 +11,6 @@ use serde_json::json;
 use support::*;
 use xxl_edge::Executor;
 
-async fn setup(extra: &str) -> (FakeAdmin, TestExecutor, Probe, tempfile::TempDir) {
-    let admin = FakeAdmin::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let probe = Probe::new();
-    let cfg = test_config(dir.path(), &admin.url(), extra);
-    let exec = TestExecutor::start(sample_handlers(Executor::builder().config(cfg), &probe)).await;
-    (admin, exec, probe, dir)
-}
-
 /// True while `pid` is a live (non-zombie) process.
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -480,3 +480,17 @@ impl TestExecutor {
 pub fn ok() -> Value {
     serde_json::json!({"code": 200, "msg": "Success"})
 }
+
+/// A fake admin, an executor with the sample handlers and `extra` config, its probe and data dir.
+pub async fn setup(extra: &str) -> (FakeAdmin, TestExecutor, Probe, tempfile::TempDir) {
+    let admin = FakeAdmin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Probe::new();
+    let cfg = test_config(dir.path(), &admin.url(), extra);
+    let exec = TestExecutor::start(sample_handlers(
+        xxl_edge::Executor::builder().config(cfg),
+        &probe,
+    ))
+    .await;
+    (admin, exec, probe, dir)
+}
