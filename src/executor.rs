@@ -311,10 +311,35 @@ async fn maintain(store: Store, runner: Runner, config: Config, stop: Cancellati
     let retention = (config.executor.log_retention_days > 0)
         .then(|| Duration::from_secs(u64::from(config.executor.log_retention_days) * 86_400));
     let mut last_prune: Option<Instant> = None;
+    let mut over_budget = false;
+    let mut disk_low = false;
     loop {
-        if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600))
-            || store.size_on_disk() > config.store.max_bytes
-        {
+        let size = store.size_on_disk();
+        if (size > config.store.max_bytes) != over_budget {
+            over_budget = !over_budget;
+            if over_budget {
+                tracing::warn!(size, budget = config.store.max_bytes, "Store over its byte budget (store.max_bytes); pruning the oldest reported runs.");
+            } else {
+                tracing::info!(
+                    size,
+                    budget = config.store.max_bytes,
+                    "Store back within its byte budget."
+                );
+            }
+        }
+        let low = store.check_space().is_err();
+        if low != disk_low {
+            disk_low = low;
+            if low {
+                tracing::warn!(
+                    min_free = config.store.min_free_bytes,
+                    "Disk nearly full: /run refuses new triggers until space returns."
+                );
+            } else {
+                tracing::info!("Disk space is back: /run accepts triggers again.");
+            }
+        }
+        if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) || over_budget {
             let s = store.clone();
             match tokio::task::spawn_blocking(move || s.prune(retention)).await {
                 Ok(Ok(n)) if n > 0 => tracing::info!(pruned = n, "Pruned finished runs."),

@@ -382,3 +382,74 @@ async fn a_full_disk_refuses_runs_with_a_clear_message() {
         .contains(r#"xxl_edge_triggers_total{handler="demoJobHandler",result="disk_full"} 1"#));
     ex.shutdown().await;
 }
+
+#[tokio::test]
+async fn metrics_can_move_to_their_own_listener() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (_admin, ex, _p, _d) = setup(&format!(
+        "[telemetry]\nmetrics_listen = \"127.0.0.1:{port}\"\n"
+    ))
+    .await;
+    // Not on the executor port any more: a GET there is just a wrong method.
+    let r: serde_json::Value = ex
+        .client
+        .get(ex.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["msg"], "invalid request, HttpMethod not support.");
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let text = loop {
+        if let Ok(r) = ex
+            .client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+        {
+            break r.text().await.unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics listener never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(text.contains("xxl_edge_build_info"));
+    ex.shutdown().await;
+}
+
+#[tokio::test]
+async fn registers_with_every_admin_and_fails_callbacks_over() {
+    let a1 = FakeAdmin::start().await;
+    let a2 = FakeAdmin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Probe::new();
+    let mut cfg = test_config(dir.path(), &a1.url(), "");
+    // The second admin is given without its context path and with a trailing slash: the
+    // client finds /xxl-job-admin on the 404.
+    cfg.admin.addresses = vec![a1.url(), format!("http://{}", a2.addr)];
+    let ex = TestExecutor::start(sample_handlers(
+        xxl_edge::Executor::builder().config(cfg),
+        &probe,
+    ))
+    .await;
+    a1.registrations(1).await;
+    a2.registrations(1).await;
+    // The first admin answers 500: the batch goes to the second.
+    a1.set_mode(AdminMode::Code500);
+    assert_eq!(ex.run(1, "demoJobHandler", 1, json!({})).await, ok());
+    a2.wait_until("callback at the second admin", |a| {
+        a.delivered().contains_key(&1)
+    })
+    .await;
+    assert!(a1.delivered().is_empty());
+    ex.shutdown().await;
+    assert_eq!(a1.calls("registryRemove").len(), 1);
+    assert_eq!(a2.calls("registryRemove").len(), 1);
+}

@@ -66,6 +66,8 @@ pub struct AdminClient {
     admins: Arc<Vec<Admin>>,
     token: String,
     metrics: Metrics,
+    /// Index of the admin that took the last callback batch, to log failovers once.
+    callback_admin: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 const CONTEXT_PATH: &str = "/xxl-job-admin";
@@ -97,6 +99,7 @@ impl AdminClient {
             ),
             token: cfg.access_token.clone(),
             metrics,
+            callback_admin: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
     }
 
@@ -129,7 +132,19 @@ impl AdminClient {
         let mut last = AdminError::NoAdmin;
         for i in 0..self.admins.len() {
             match self.call(i, "callback", batch).await {
-                Ok(()) => return Ok(i),
+                Ok(()) => {
+                    let before = self
+                        .callback_admin
+                        .swap(i, std::sync::atomic::Ordering::Relaxed);
+                    if before != i {
+                        tracing::warn!(
+                            from = %self.admins[before.min(self.admins.len() - 1)].configured,
+                            to = %self.admins[i].configured,
+                            "Admin failover: callbacks now go to another admin."
+                        );
+                    }
+                    return Ok(i);
+                }
                 Err(e) => last = e,
             }
         }
