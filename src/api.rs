@@ -98,7 +98,7 @@ impl ApiError {
 /// Builds all routes. Tests call this with `warp::test`, the binary serves it.
 pub fn routes(
     state: Arc<ApiState>,
-) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone {
     let with_state = {
         let s = state.clone();
         warp::any().map(move || s.clone())
@@ -148,7 +148,19 @@ pub fn routes(
                 }
             },
         );
-    metrics.or(healthz).unify().or(rpc).unify()
+    metrics
+        .or(healthz)
+        .unify()
+        .or(rpc)
+        .unify()
+        .recover(|r: warp::Rejection| async move {
+            // Anything warp refused by itself (an unreadable header, say) still gets the
+            // envelope: a 2.4 admin mishandles anything but JSON (protocol §5.4).
+            Ok::<_, std::convert::Infallible>(
+                ApiError::Malformed(format!("invalid request ({r:?})")).into_response(),
+            )
+        })
+        .unify()
 }
 
 /// Only the `/metrics` route, for a separate listen address.

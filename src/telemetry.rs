@@ -335,7 +335,7 @@ pub mod traces {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{EnvFilter, Layer};
+    use tracing_subscriber::Layer;
 
     /// Where and how traces go.
     #[derive(Debug, Clone, PartialEq)]
@@ -423,9 +423,13 @@ pub mod traces {
     /// # Errors
     /// The exporter could not be built.
     pub fn init(level: &str, json: bool, otlp: Option<&OtlpConfig>) -> Result<Guard, TraceError> {
-        let filter = EnvFilter::try_from_default_env()
-            .or_else(|_| EnvFilter::try_new(level))
-            .unwrap_or_else(|_| EnvFilter::new("info"));
+        // `Targets` reads the usual `RUST_LOG` syntax (`info,xxl_edge=debug`) without the regex
+        // engine `EnvFilter` brings, which is worth its flash only for span-field filters.
+        let filter = std::env::var("RUST_LOG")
+            .ok()
+            .and_then(|v| v.parse::<Targets>().ok())
+            .or_else(|| level.parse::<Targets>().ok())
+            .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
         // No colour codes when stderr is a pipe or journald, only on a terminal.
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let fmt = tracing_subscriber::fmt::layer()

@@ -34,6 +34,13 @@ async fn t01_to_t08_transport_checks() {
         .await
         .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap(), ok());
+    // A header warp cannot read as text still gets the envelope, not a bare 400.
+    let r = raw_request(
+        ex.addr,
+        b"POST /beat HTTP/1.1\r\nHost: x\r\nXXL-JOB-ACCESS-TOKEN: \xff\xfe\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r["code"], 500, "{r}");
     // T05: GET.
     let r = ex.client.get(ex.url("/beat")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -555,6 +562,19 @@ async fn r3_r4_admin_failures_are_retried_and_logged() {
     // Once delivered, the finish line follows.
     ex.log_contains(1002, "callback finish.").await;
     ex.shutdown().await;
+}
+
+/// Sends raw bytes and parses the JSON answer (which must be HTTP 200).
+async fn raw_request(addr: std::net::SocketAddr, req: &[u8]) -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(GUARD, s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 /// POSTs a chunked body over a raw socket (no Content-Length) and parses the JSON answer.
