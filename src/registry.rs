@@ -105,14 +105,15 @@ impl Registrar {
 
     /// Sends `registryRemove` to every admin, each bounded by the client timeout.
     pub async fn deregister(&self) {
-        let calls = (0..self.admin.addresses().len()).map(|i| {
+        let addrs = self.admin.addresses();
+        let calls = (0..addrs.len()).map(|i| {
             let admin = self.admin.clone();
             let p = self.param.clone();
             async move { (i, admin.registry_remove(i, &p).await) }
         });
         for (i, r) in futures_util::future::join_all(calls).await {
             if let Err(e) = r {
-                tracing::warn!(admin = i, error = %e, "registryRemove failed.");
+                tracing::warn!(admin = %addrs[i], error = %e, "registryRemove failed.");
             }
         }
     }
