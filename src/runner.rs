@@ -803,9 +803,9 @@ impl Runner {
             span.record("otel.status_code", "ERROR");
         }
         self.record(&t, &outcome, kind, Some(started.elapsed()));
-        if let Err(e) = inner.store.durable().await {
-            tracing::error!(error = %e, log_id = %t.log_id, "Cannot flush a run's outcome.");
-        }
+        // Not waited for: the next group commit (or the reporter's, after delivery) carries it,
+        // and a crash before then reports the run as interrupted, never as run twice.
+        inner.store.flush_soon();
     }
 }
 

@@ -280,6 +280,7 @@ impl Store {
             }
         }
         let outbox_len = outbox.len() as u64;
+        let dir_shown = dir.display().to_string();
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             db,
@@ -294,7 +295,15 @@ impl Store {
             on_flush: std::sync::OnceLock::new(),
         });
         // A weak handle: dropping the last `Store` closes the database (and its file lock).
-        tokio::spawn(group_commit(Arc::downgrade(&inner), flush_rx));
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("xxl-edge-flush".into())
+            .stack_size(128 * 1024)
+            .spawn(move || group_commit(weak, flush_rx))
+            .map_err(|e| StoreError::Unusable {
+                path: dir_shown,
+                reason: format!("cannot start the flush thread: {e}"),
+            })?;
         Ok(Self { inner })
     }
 
@@ -323,6 +332,14 @@ impl Store {
     /// Sets the observer of flush durations (once).
     pub fn set_flush_observer(&self, f: FlushObserver) {
         let _ = self.inner.on_flush.set(f);
+    }
+
+    /// Asks for a flush without waiting for it: the outcome rides the next group commit.
+    pub fn flush_soon(&self) {
+        if self.inner.cfg.flush_every.is_none() {
+            let (tx, _rx) = oneshot::channel();
+            let _ = self.inner.flush_tx.send(tx);
+        }
     }
 
     /// Flushes synchronously; for shutdown and tools.
@@ -556,20 +573,35 @@ impl Store {
         Ok(out)
     }
 
-    /// The admin acknowledged these callbacks: drop them and mark their runs reported.
+    /// The admin acknowledged these callbacks: drop them from the outbox, in one batch. A run
+    /// counts as reported once it is finished and no longer in the outbox, so the run records are
+    /// not rewritten here (that rewrite was most of a delivery's cost).
     ///
     /// # Errors
     /// I/O.
     pub fn ack(&self, batch: &[(u64, OutboxEntry)]) -> Result<()> {
         let mut removed = 0;
-        for (seq, entry) in batch {
-            if self.inner.outbox.remove(seq.to_be_bytes())?.is_some() {
+        let mut b = sled::Batch::default();
+        for (seq, _) in batch {
+            if self.inner.outbox.contains_key(seq.to_be_bytes())? {
                 removed += 1;
             }
-            self.update_run(entry.callback.log_id, |r| r.state = RunState::Reported)?;
+            b.remove(&seq.to_be_bytes());
         }
+        self.inner.outbox.apply_batch(b)?;
         self.inner.outbox_len.fetch_sub(removed, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The logIds with a callback still waiting.
+    fn pending_log_ids(&self) -> Result<std::collections::HashSet<i64>> {
+        let mut set = std::collections::HashSet::new();
+        for item in self.inner.outbox.iter() {
+            let (_, v) = item?;
+            let e: OutboxEntry = serde_json::from_slice(&v)?;
+            set.insert(e.callback.log_id.0);
+        }
+        Ok(set)
     }
 
     /// Callbacks waiting.
@@ -748,11 +780,12 @@ impl Store {
             disk_bytes: self.size_on_disk(),
             ..Default::default()
         };
+        let pending = self.pending_log_ids()?;
         for item in self.inner.runs.iter() {
             let (_, v) = item?;
             let rec: RunRecord = serde_json::from_slice(&v)?;
             s.runs += 1;
-            match rec.state {
+            match Self::derived_state(&rec, &pending) {
                 RunState::Accepted => s.accepted += 1,
                 RunState::Running => s.running += 1,
                 RunState::Finished => s.finished += 1,
@@ -767,12 +800,23 @@ impl Store {
     /// # Errors
     /// I/O or a corrupt record.
     pub fn recent_runs(&self, n: usize) -> Result<Vec<RunRecord>> {
+        let pending = self.pending_log_ids()?;
         let mut v = Vec::new();
         for item in self.inner.runs.iter().rev().take(n) {
             let (_, val) = item?;
-            v.push(serde_json::from_slice(&val)?);
+            let mut rec: RunRecord = serde_json::from_slice(&val)?;
+            rec.state = Self::derived_state(&rec, &pending);
+            v.push(rec);
         }
         Ok(v)
+    }
+
+    /// A finished run whose callback left the outbox has been reported.
+    fn derived_state(rec: &RunRecord, pending: &std::collections::HashSet<i64>) -> RunState {
+        match rec.state {
+            RunState::Finished if !pending.contains(&rec.trigger.log_id.0) => RunState::Reported,
+            other => other,
+        }
     }
 
     /// sled's files on disk, in bytes.
@@ -799,10 +843,11 @@ impl Store {
             0
         };
         let mut budget_removed = 0u64;
+        let pending = self.pending_log_ids()?;
         for item in self.inner.runs.iter() {
             let (k, v) = item?;
             let rec: RunRecord = serde_json::from_slice(&v)?;
-            if rec.state != RunState::Reported {
+            if Self::derived_state(&rec, &pending) != RunState::Reported {
                 continue;
             }
             let old = cutoff.is_some_and(|c| rec.finished_ms.unwrap_or(rec.accepted_ms) < c);
@@ -848,12 +893,14 @@ impl Store {
     }
 }
 
-/// Group commit: every waiter that arrived while a flush ran is served by the next one.
-async fn group_commit(
+/// Group commit on its own thread: every waiter that arrived while a flush ran is served by the
+/// next one. A plain thread (not `spawn_blocking`) because it lives as long as the store and a
+/// hand-off per flush costs more than the flush's bookkeeping.
+fn group_commit(
     inner: std::sync::Weak<Inner>,
     mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
 ) {
-    while let Some(first) = rx.recv().await {
+    while let Some(first) = rx.blocking_recv() {
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
@@ -861,22 +908,17 @@ async fn group_commit(
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let started = tokio::time::Instant::now();
-        let res = match tokio::task::spawn_blocking(move || {
-            let r = strong.db.flush();
-            (r, strong)
-        })
-        .await
-        {
-            Ok((Ok(_), strong)) => {
+        let started = std::time::Instant::now();
+        let res = match strong.db.flush() {
+            Ok(_) => {
                 if let Some(f) = strong.on_flush.get() {
                     f(started.elapsed());
                 }
                 Ok(())
             }
-            Ok((Err(e), _)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
         };
+        drop(strong);
         for w in waiters {
             let _ = w.send(res.clone());
         }
@@ -940,9 +982,10 @@ mod tests {
         assert_eq!(s.outbox_len(), 1);
         let batch = s.outbox_batch(50).unwrap();
         assert_eq!(batch[0].1.callback.log_id, LogId(4));
+        assert_eq!(s.recent_runs(10).unwrap()[0].state, RunState::Finished);
         s.ack(&batch).unwrap();
         assert_eq!(s.outbox_len(), 0);
-        assert_eq!(s.run(LogId(4)).unwrap().unwrap().state, RunState::Reported);
+        assert_eq!(s.recent_runs(10).unwrap()[0].state, RunState::Reported);
         let page = s.read_log(LogId(4), 2, 2, 1 << 20).unwrap().unwrap();
         assert_eq!(page.lines, vec!["line 2", "line 3"]);
         assert_eq!(page.to, 3);
