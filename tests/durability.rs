@@ -173,12 +173,7 @@ async fn command_handlers_take_keys_from_the_config() {
 
 #[tokio::test]
 async fn relaxed_durability_still_delivers_everything() {
-    let admin = FakeAdmin::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let probe = Probe::new();
-    let cfg = test_config(dir.path(), &admin.url(), "flush_every_ms = 50\n");
-    assert_eq!(cfg.store.flush_every, Some(Duration::from_millis(50)));
-    let ex = TestExecutor::start(sample_handlers(Executor::builder().config(cfg), &probe)).await;
+    let (admin, ex, _probe, _dir) = setup("flush_every_ms = 50\n").await;
     for id in 1..=20 {
         assert_eq!(
             ex.run(id as i32, "demoJobHandler", id, json!({})).await,

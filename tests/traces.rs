@@ -19,7 +19,6 @@ use support::*;
 use tracing_subscriber::layer::SubscriberExt;
 use warp::Filter;
 use xxl_edge::telemetry::traces;
-use xxl_edge::Executor;
 
 #[derive(Clone, Default)]
 struct Receiver {
@@ -84,11 +83,7 @@ async fn one_trace_per_trigger_with_linked_callback() {
     // A current-thread test runtime: every task of the executor runs on this thread.
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let admin = FakeAdmin::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let probe = Probe::new();
-    let cfg = test_config(dir.path(), &admin.url(), "");
-    let ex = TestExecutor::start(sample_handlers(Executor::builder().config(cfg), &probe)).await;
+    let (admin, ex, _probe, _dir) = setup("").await;
     admin.registrations(1).await;
     assert_eq!(
         ex.run(
@@ -198,11 +193,7 @@ async fn a_dead_collector_does_not_touch_job_execution() {
     .unwrap();
     let subscriber = tracing_subscriber::registry().with(traces::layer(&provider));
     let _guard = tracing::subscriber::set_default(subscriber);
-    let admin = FakeAdmin::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let probe = Probe::new();
-    let cfg = test_config(dir.path(), &admin.url(), "");
-    let ex = TestExecutor::start(sample_handlers(Executor::builder().config(cfg), &probe)).await;
+    let (admin, ex, _probe, _dir) = setup("").await;
     for id in 1..=20 {
         assert_eq!(
             ex.run(id as i32, "demoJobHandler", id, json!({})).await,
