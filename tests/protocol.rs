@@ -601,3 +601,35 @@ async fn raw_chunked_post(addr: std::net::SocketAddr, path: &str, body: &str) ->
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
     serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
+
+#[tokio::test]
+async fn glue_python_runs_with_python3() {
+    let (admin, ex, _p, dir) = setup("[glue]\nenabled = [\"python\"]\n").await;
+    let src =
+        "import sys\nprint('argv', sys.argv[1:])\nsys.exit(0 if sys.argv[1] == 'ok' else 5)\n";
+    for (log_id, param, code) in [(501, "ok", 200), (502, "no", 500)] {
+        let r = ex
+            .run(
+                50,
+                "",
+                log_id,
+                json!({"glueType":"GLUE_PYTHON","glueSource":src,"glueUpdatetime":1,
+                       "executorParams":param,"broadcastIndex":0,"broadcastTotal":2}),
+            )
+            .await;
+        assert_eq!(r, ok());
+        let c = admin.callback(log_id).await;
+        assert_eq!(c["handleCode"], code, "{c}");
+        let log = ex.log_text(log_id).await;
+        assert!(
+            log.contains(&format!("argv ['{param}', '0', '2']")),
+            "{log}"
+        );
+    }
+    assert_eq!(
+        admin.callback(502).await["handleMsg"],
+        "script exit value(5) is failed"
+    );
+    assert!(dir.path().join("gluesource/50_1.py").exists());
+    ex.shutdown().await;
+}
