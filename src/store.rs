@@ -1002,6 +1002,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn over_budget_prunes_only_reported_runs_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg();
+        c.max_bytes = 0; // always over budget
+        let s = Store::open(dir.path(), c).unwrap();
+        for id in 1..=20 {
+            s.insert_accepted(&trig(id)).unwrap();
+            s.append_log(LogId(id), 1, "line").unwrap();
+            s.finish(&trig(id), &Outcome::success(), OutcomeKind::Success, None)
+                .unwrap();
+        }
+        let all = s.outbox_batch(100).unwrap();
+        s.ack(&all[..18]).unwrap(); // 19 and 20 still wait for the admin
+        s.insert_accepted(&trig(21)).unwrap(); // never started
+        s.insert_accepted(&trig(22)).unwrap();
+        s.mark_running(LogId(22), None).unwrap(); // running
+        let first = s.prune(None).unwrap();
+        assert!(
+            first >= 1 && first < 18,
+            "a tenth per pass, not all: {first}"
+        );
+        assert!(!s.has_run(LogId(1)).unwrap(), "the oldest goes first");
+        assert!(s.read_log(LogId(1), 1, 10, 1024).unwrap().is_none());
+        for _ in 0..40 {
+            s.prune(None).unwrap();
+        }
+        let left: Vec<i64> = s
+            .recent_runs(100)
+            .unwrap()
+            .iter()
+            .map(|r| r.trigger.log_id.0)
+            .collect();
+        assert_eq!(
+            left,
+            vec![22, 21, 20, 19],
+            "unfinished and unreported runs stay"
+        );
+        assert_eq!(s.outbox_len(), 2);
+    }
+
+    #[tokio::test]
     async fn idempotency_keys_hold_release_and_remember_success() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), cfg()).unwrap();
