@@ -101,6 +101,10 @@ pub struct RunRecord {
     /// The idempotency key it holds, if any.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// The outbox sequence of its callback once finished: while that entry exists the run is
+    /// not yet reported.
+    #[serde(default)]
+    pub outbox_seq: Option<u64>,
 }
 
 /// A callback waiting for the admin's acknowledgement.
@@ -409,6 +413,7 @@ impl Store {
             outcome: None,
             kind: None,
             idempotency_key: None,
+            outbox_seq: None,
         };
         let v = serde_json::to_vec(&rec)?;
         match self
@@ -515,6 +520,7 @@ impl Store {
                         outcome: None,
                         kind: None,
                         idempotency_key: None,
+                        outbox_seq: None,
                     },
                 };
                 if matches!(rec.state, RunState::Finished | RunState::Reported) {
@@ -524,6 +530,7 @@ impl Store {
                 rec.finished_ms = Some(now);
                 rec.outcome = Some(outcome.clone());
                 rec.kind = Some(kind);
+                rec.outbox_seq = Some(seq);
                 if let Some(k) = &rec.idempotency_key {
                     if outcome.is_success() {
                         if let Some(v) = keys.get(k.as_bytes())? {
@@ -591,17 +598,6 @@ impl Store {
         self.inner.outbox.apply_batch(b)?;
         self.inner.outbox_len.fetch_sub(removed, Ordering::Relaxed);
         Ok(())
-    }
-
-    /// The logIds with a callback still waiting.
-    fn pending_log_ids(&self) -> Result<std::collections::HashSet<i64>> {
-        let mut set = std::collections::HashSet::new();
-        for item in self.inner.outbox.iter() {
-            let (_, v) = item?;
-            let e: OutboxEntry = serde_json::from_slice(&v)?;
-            set.insert(e.callback.log_id.0);
-        }
-        Ok(set)
     }
 
     /// Callbacks waiting.
@@ -780,12 +776,11 @@ impl Store {
             disk_bytes: self.size_on_disk(),
             ..Default::default()
         };
-        let pending = self.pending_log_ids()?;
         for item in self.inner.runs.iter() {
             let (_, v) = item?;
             let rec: RunRecord = serde_json::from_slice(&v)?;
             s.runs += 1;
-            match Self::derived_state(&rec, &pending) {
+            match self.derived_state(&rec)? {
                 RunState::Accepted => s.accepted += 1,
                 RunState::Running => s.running += 1,
                 RunState::Finished => s.finished += 1,
@@ -800,23 +795,27 @@ impl Store {
     /// # Errors
     /// I/O or a corrupt record.
     pub fn recent_runs(&self, n: usize) -> Result<Vec<RunRecord>> {
-        let pending = self.pending_log_ids()?;
         let mut v = Vec::new();
         for item in self.inner.runs.iter().rev().take(n) {
             let (_, val) = item?;
             let mut rec: RunRecord = serde_json::from_slice(&val)?;
-            rec.state = Self::derived_state(&rec, &pending);
+            rec.state = self.derived_state(&rec)?;
             v.push(rec);
         }
         Ok(v)
     }
 
     /// A finished run whose callback left the outbox has been reported.
-    fn derived_state(rec: &RunRecord, pending: &std::collections::HashSet<i64>) -> RunState {
-        match rec.state {
-            RunState::Finished if !pending.contains(&rec.trigger.log_id.0) => RunState::Reported,
-            other => other,
-        }
+    fn derived_state(&self, rec: &RunRecord) -> Result<RunState> {
+        Ok(match (rec.state, rec.outbox_seq) {
+            (RunState::Finished, Some(seq))
+                if self.inner.outbox.contains_key(seq.to_be_bytes())? =>
+            {
+                RunState::Finished
+            }
+            (RunState::Finished, _) => RunState::Reported,
+            (other, _) => other,
+        })
     }
 
     /// sled's files on disk, in bytes.
@@ -843,11 +842,10 @@ impl Store {
             0
         };
         let mut budget_removed = 0u64;
-        let pending = self.pending_log_ids()?;
         for item in self.inner.runs.iter() {
             let (k, v) = item?;
             let rec: RunRecord = serde_json::from_slice(&v)?;
-            if Self::derived_state(&rec, &pending) != RunState::Reported {
+            if self.derived_state(&rec)? != RunState::Reported {
                 continue;
             }
             let old = cutoff.is_some_and(|c| rec.finished_ms.unwrap_or(rec.accepted_ms) < c);
