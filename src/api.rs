@@ -300,10 +300,6 @@ where
                     return Err(ApiError::Invalid(e.to_string()));
                 }
             };
-            let (glue_type, handler) = match &t.glue {
-                crate::job::Glue::Bean => ("BEAN", t.handler.as_str()),
-                crate::job::Glue::Script { kind, .. } => (kind.wire_name(), ""),
-            };
             // One trace per trigger starts here; the queue wait and the run are its children.
             let span = tracing::debug_span!(
                 "POST /run",
@@ -314,8 +310,8 @@ where
                 http.response.status_code = 200,
                 xxl.job.id = t.job_id.0,
                 xxl.job.log_id = t.log_id.0,
-                xxl.job.handler = handler,
-                xxl.job.glue_type = glue_type,
+                xxl.job.handler = t.bean_handler(),
+                xxl.job.glue_type = t.glue.type_name(),
                 xxl.job.block_strategy = t.block.as_str(),
                 xxl.trigger.code = tracing::field::Empty,
                 xxl.trigger.msg = tracing::field::Empty,

@@ -183,7 +183,26 @@ pub struct Trigger {
     pub shard_total: i32,
 }
 
+impl Glue {
+    /// The admin's `glueType` name: `BEAN` or a `GLUE_*` kind.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Glue::Bean => "BEAN",
+            Glue::Script { kind, .. } => kind.wire_name(),
+        }
+    }
+}
+
 impl Trigger {
+    /// The registered handler name for BEAN jobs, `""` for scripts (their handler field is
+    /// meaningless), as traces record it.
+    pub fn bean_handler(&self) -> &str {
+        match self.glue {
+            Glue::Bean => &self.handler,
+            Glue::Script { .. } => "",
+        }
+    }
+
     /// The name used for metric labels and logs: the handler, or the glue kind for scripts.
     pub fn handler_label(&self) -> String {
         match &self.glue {
@@ -386,6 +405,17 @@ mod tests {
         let msg = Outcome::fail(long).normalized().msg.unwrap();
         assert_eq!(msg.chars().count(), MAX_HANDLE_MSG_CHARS + 3);
         assert!(msg.ends_with("..."));
+    }
+
+    #[test]
+    fn glue_type_names_are_the_admins() {
+        assert_eq!(Glue::Bean.type_name(), "BEAN");
+        let g = Glue::Script {
+            kind: GlueKind::Python2,
+            source: String::new(),
+            updated: 0,
+        };
+        assert_eq!(g.type_name(), "GLUE_PYTHON2");
     }
 
     #[test]

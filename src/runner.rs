@@ -661,10 +661,6 @@ impl Runner {
             wait_span,
         } = q;
         drop(wait_span);
-        let (glue_type, handler) = match &trigger.glue {
-            Glue::Bean => ("BEAN", trigger.handler.as_str()),
-            Glue::Script { kind, .. } => (kind.wire_name(), ""),
-        };
         let run_span = tracing::debug_span!(
             parent: &span,
             "job.run",
@@ -672,8 +668,8 @@ impl Runner {
             otel.status_code = tracing::field::Empty,
             xxl.job.id = trigger.job_id.0,
             xxl.job.log_id = trigger.log_id.0,
-            xxl.job.handler = handler,
-            xxl.job.glue_type = glue_type,
+            xxl.job.handler = trigger.bean_handler(),
+            xxl.job.glue_type = trigger.glue.type_name(),
             xxl.job.block_strategy = trigger.block.as_str(),
             xxl.job.shard_index = trigger.shard_index,
             xxl.job.shard_total = trigger.shard_total,

@@ -151,13 +151,11 @@ impl TryFrom<TriggerParam> for Trigger {
 
 impl From<&Trigger> for TriggerParam {
     fn from(t: &Trigger) -> Self {
-        let (glue_type, glue_source, glue_updatetime) = match &t.glue {
-            Glue::Bean => ("BEAN".to_string(), String::new(), 0),
+        let (glue_source, glue_updatetime) = match &t.glue {
+            Glue::Bean => (String::new(), 0),
             Glue::Script {
-                kind,
-                source,
-                updated,
-            } => (kind.wire_name().to_string(), source.clone(), *updated),
+                source, updated, ..
+            } => (source.clone(), *updated),
         };
         Self {
             job_id: t.job_id.0,
@@ -169,7 +167,7 @@ impl From<&Trigger> for TriggerParam {
                 .map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX)),
             log_id: t.log_id.0,
             log_date_time: t.log_date_time,
-            glue_type: Some(glue_type),
+            glue_type: Some(t.glue.type_name().to_string()),
             glue_source: Some(glue_source),
             glue_updatetime,
             broadcast_index: t.shard_index,
