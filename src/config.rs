@@ -668,33 +668,33 @@ impl Config {
                 ))
             }
         };
-        let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        // The signal-specific URL is used as is; the base URL gets `/v1/traces`.
         let otlp_traces_url = match (
             raw.telemetry
                 .otlp_traces_endpoint
                 .filter(|s| !s.trim().is_empty()),
             raw.telemetry.otlp_endpoint.filter(|s| !s.trim().is_empty()),
         ) {
-            (Some(full), _) => {
-                if !url_ok(full.trim()) {
-                    return Err(invalid(
-                        "telemetry.otlp_traces_endpoint",
-                        format!("\"{full}\" is not an http:// or https:// URL"),
-                    ));
-                }
-                Some(full.trim().to_string())
-            }
-            (None, Some(base)) => {
-                if !url_ok(base.trim()) {
-                    return Err(invalid(
-                        "telemetry.otlp_endpoint",
-                        format!("\"{base}\" is not an http:// or https:// URL"),
-                    ));
-                }
-                Some(format!("{}/v1/traces", base.trim().trim_end_matches('/')))
-            }
+            (Some(full), _) => Some(("telemetry.otlp_traces_endpoint", full, "")),
+            (None, Some(base)) => Some(("telemetry.otlp_endpoint", base, "/v1/traces")),
             (None, None) => None,
-        };
+        }
+        .map(|(key, given, suffix)| {
+            let url = given.trim();
+            if url.starts_with("http://") || url.starts_with("https://") {
+                Ok(if suffix.is_empty() {
+                    url.to_string()
+                } else {
+                    format!("{}{suffix}", url.trim_end_matches('/'))
+                })
+            } else {
+                Err(invalid(
+                    key,
+                    format!("\"{given}\" is not an http:// or https:// URL"),
+                ))
+            }
+        })
+        .transpose()?;
         let trace_sample_ratio = raw.telemetry.trace_sample_ratio.unwrap_or(1.0);
         if !(0.0..=1.0).contains(&trace_sample_ratio) {
             return Err(invalid(
@@ -1007,6 +1007,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.telemetry.otlp_traces_url.as_deref(), Some("http://t:1/x"));
+        let e = Config::load(
+            None,
+            &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "otel:4318")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("telemetry.otlp_endpoint"), "{e}");
         assert_eq!(c.telemetry.service_name, "gw-7");
         assert!(Config::defaults().telemetry.otlp_traces_url.is_none());
     }
