@@ -65,6 +65,28 @@ fn attrs(kv: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> HashMap<Str
         .collect()
 }
 
+/// Exports this thread's spans to `addr` for the rest of the test. The tests use a
+/// current-thread runtime, so every task of the executor runs on this thread.
+fn export_to(
+    addr: SocketAddr,
+    service: &str,
+    timeout: Duration,
+) -> (
+    opentelemetry_sdk::trace::SdkTracerProvider,
+    tracing::subscriber::DefaultGuard,
+) {
+    let provider = traces::provider(&traces::OtlpConfig {
+        traces_url: format!("http://{addr}/v1/traces"),
+        service_name: service.into(),
+        sample_ratio: 1.0,
+        timeout,
+    })
+    .unwrap();
+    let subscriber = tracing_subscriber::registry().with(traces::layer(&provider));
+    let guard = tracing::subscriber::set_default(subscriber);
+    (provider, guard)
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -72,16 +94,7 @@ fn hex(b: &[u8]) -> String {
 #[tokio::test]
 async fn one_trace_per_trigger_with_linked_callback() {
     let (rx, addr) = receiver().await;
-    let provider = traces::provider(&traces::OtlpConfig {
-        traces_url: format!("http://{addr}/v1/traces"),
-        service_name: "xxl-edge-test".into(),
-        sample_ratio: 1.0,
-        timeout: Duration::from_secs(5),
-    })
-    .unwrap();
-    let subscriber = tracing_subscriber::registry().with(traces::layer(&provider));
-    // A current-thread test runtime: every task of the executor runs on this thread.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (provider, _guard) = export_to(addr, "xxl-edge-test", Duration::from_secs(5));
 
     let (admin, ex, _probe, _dir) = setup("").await;
     admin.registrations(1).await;
@@ -184,15 +197,7 @@ async fn a_dead_collector_does_not_touch_job_execution() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let provider = traces::provider(&traces::OtlpConfig {
-        traces_url: format!("http://{closed}/v1/traces"),
-        service_name: "x".into(),
-        sample_ratio: 1.0,
-        timeout: Duration::from_secs(1),
-    })
-    .unwrap();
-    let subscriber = tracing_subscriber::registry().with(traces::layer(&provider));
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (provider, _guard) = export_to(closed, "x", Duration::from_secs(1));
     let (admin, ex, _probe, _dir) = setup("").await;
     for id in 1..=20 {
         assert_eq!(
