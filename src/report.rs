@@ -142,6 +142,14 @@ impl Reporter {
         if batch.is_empty() {
             return None;
         }
+        // What the batch reports must be on disk before the admin sees it: a crash between
+        // the send and the flush would otherwise lose the outcome, and the recovery would
+        // report the run a second time as interrupted (the soak test caught exactly this).
+        // The flush is shared with concurrent `/run`s, so it costs one per batch at most.
+        if let Err(e) = self.store.synced().await {
+            tracing::error!(error = %e, "Cannot flush the journal; callbacks wait until it can be flushed.");
+            return Some(false);
+        }
         let params: Vec<HandleCallbackParam> = batch
             .iter()
             .map(|(_, e)| HandleCallbackParam::from(&e.callback))
@@ -165,11 +173,12 @@ impl Reporter {
         }
         match res {
             Ok(_) => {
-                // Flushed before anything else: an acknowledged callback must not come back
-                // after a crash (the "finish" log line below means "durably acknowledged").
+                // Flushed before anything else, in the relaxed mode too (one flush per batch):
+                // an acknowledged callback must not come back after a crash (the "finish" log
+                // line below means "durably acknowledged").
                 if let Err(e) = self.store.ack(&batch) {
                     tracing::error!(error = %e, "Callbacks were delivered but cannot be removed from the outbox; they may be sent once more.");
-                } else if let Err(e) = self.store.durable().await {
+                } else if let Err(e) = self.store.synced().await {
                     tracing::warn!(error = %e, "Cannot flush the outbox after a delivery; a crash now may send these callbacks once more.");
                 }
                 self.metrics

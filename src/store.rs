@@ -319,6 +319,16 @@ impl Store {
         if self.inner.cfg.flush_every.is_some() {
             return Ok(());
         }
+        self.synced().await
+    }
+
+    /// Waits until everything written so far is on disk, in the relaxed mode too. For writes
+    /// whose effect leaves the process before the timer flush would come: a callback sent for
+    /// an outcome that a crash then loses would be followed by a second, contradicting one.
+    ///
+    /// # Errors
+    /// The flush failed (I/O error, disk full).
+    pub async fn synced(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .flush_tx

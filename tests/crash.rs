@@ -147,6 +147,11 @@ struct Site {
 
 impl Site {
     fn new(admin_url: &str, extra: &str) -> Self {
+        Self::with_store(admin_url, "", extra)
+    }
+
+    /// `store` goes into the `[store]` table, `extra` at the end.
+    fn with_store(admin_url: &str, store: &str, extra: &str) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let d = dir.display();
@@ -171,6 +176,7 @@ shutdown_grace_secs = 1
 max_queue_per_job = 100000
 [store]
 min_free_bytes = 0
+{store}
 [handlers.gate]
 command = ["sh", "-c", "echo started; while [ ! -f {d}/go ]; do sleep 0.02; done"]
 [handlers.fast]
@@ -410,6 +416,49 @@ async fn bad_config_exits_before_binding_and_names_the_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("colour"));
+}
+
+/// The relaxed mode may lose the last writes on a crash, but never one the admin has seen: a
+/// callback whose outcome a crash then loses would be followed by a second, contradicting one
+/// (the run reported as interrupted), or its logId accepted and run again; and an acknowledged
+/// callback is not sent again.
+#[tokio::test]
+async fn relaxed_mode_never_calls_back_what_a_crash_can_lose() {
+    let admin = FakeAdmin::start().await;
+    // A minute between timer flushes: only the flushes around a callback can save the run.
+    let site = Site::with_store(&admin.url(), "flush_every_ms = 60000", "");
+
+    // The admin takes the callback but the executor dies before it hears the answer.
+    admin.set_mode(AdminMode::Hang);
+    let p = Proc::start(&site.config).await;
+    assert_eq!(p.run(1, "fast", 1).await.unwrap()["code"], 200);
+    admin
+        .wait_until("callback 1", |a| a.delivered().contains_key(&1))
+        .await;
+    p.kill9();
+    admin.set_mode(AdminMode::Ok);
+    let p = Proc::start(&site.config).await;
+    let r = p.run(1, "fast", 1).await.unwrap();
+    assert_eq!(r["msg"], "repeat trigger job, logId:1");
+    // Acknowledged and flushed: a crash now must not send it again.
+    assert_eq!(p.run(1, "fast", 2).await.unwrap()["code"], 200);
+    p.wait_log(2, "callback finish.").await;
+    p.kill9();
+
+    let p = Proc::start(&site.config).await;
+    // The outbox is FIFO: anything left for 1 or 2 would come before the result of 3.
+    assert_eq!(p.run(1, "fast", 3).await.unwrap()["code"], 200);
+    admin
+        .wait_until("callback 3", |a| a.delivered().contains_key(&3))
+        .await;
+    assert_eq!(p.sigterm().await.code(), Some(0));
+    let d = admin.delivered();
+    // Sent once more after the restart (its acknowledgement never arrived), the same result.
+    assert_eq!(d[&1].len(), 2, "{:?}", d[&1]);
+    assert_eq!(d[&1][0], d[&1][1]);
+    assert_eq!(code_of(&d[&1]), 200);
+    assert_eq!(d[&2].len(), 1, "{:?}", d[&2]);
+    assert_eq!(site.executions(), BTreeMap::from([(1, 1), (2, 1), (3, 1)]));
 }
 
 #[tokio::test]

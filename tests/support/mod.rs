@@ -28,6 +28,9 @@ pub enum AdminMode {
     Code500,
     /// HTTP 503.
     Http503,
+    /// Takes the call (recorded as accepted) but answers only after `GUARD`: the admin has the
+    /// callback, the executor does not know yet, as when it dies in between.
+    Hang,
 }
 
 /// One request the executor made to the admin.
@@ -76,7 +79,7 @@ impl FakeAdmin {
             .and(warp::header::optional::<String>("xxl-job-access-token"))
             .and(warp::header::optional::<String>("content-type"))
             .and(warp::body::bytes())
-            .map(
+            .then(
                 move |uri: String,
                       token: Option<String>,
                       ct: Option<String>,
@@ -88,22 +91,31 @@ impl FakeAdmin {
                         token,
                         content_type: ct,
                         body,
-                        accepted: mode == AdminMode::Ok,
+                        accepted: matches!(mode, AdminMode::Ok | AdminMode::Hang),
                     });
                     c.notify_waiters();
-                    match mode {
-                        AdminMode::Ok => warp::reply::with_status(
-                            r#"{"code":200,"msg":null,"content":null}"#.to_string(),
-                            warp::http::StatusCode::OK,
-                        ),
-                        AdminMode::Code500 => warp::reply::with_status(
-                            r#"{"code":500,"msg":"fake admin fail"}"#.to_string(),
-                            warp::http::StatusCode::OK,
-                        ),
-                        AdminMode::Http503 => warp::reply::with_status(
-                            "unavailable".to_string(),
-                            warp::http::StatusCode::SERVICE_UNAVAILABLE,
-                        ),
+                    async move {
+                        match mode {
+                            AdminMode::Hang => {
+                                tokio::time::sleep(GUARD).await;
+                                warp::reply::with_status(
+                                    r#"{"code":200,"msg":null,"content":null}"#.to_string(),
+                                    warp::http::StatusCode::OK,
+                                )
+                            }
+                            AdminMode::Ok => warp::reply::with_status(
+                                r#"{"code":200,"msg":null,"content":null}"#.to_string(),
+                                warp::http::StatusCode::OK,
+                            ),
+                            AdminMode::Code500 => warp::reply::with_status(
+                                r#"{"code":500,"msg":"fake admin fail"}"#.to_string(),
+                                warp::http::StatusCode::OK,
+                            ),
+                            AdminMode::Http503 => warp::reply::with_status(
+                                "unavailable".to_string(),
+                                warp::http::StatusCode::SERVICE_UNAVAILABLE,
+                            ),
+                        }
                     }
                 },
             );
