@@ -156,6 +156,32 @@ fn proc_status(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Group-commit flushes so far, from the executor's own `/metrics`.
+async fn flushes(addr: SocketAddr) -> u64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("xxl_edge_store_flush_duration_seconds_count"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bytes the process caused to be written to storage (`/proc/PID/io`).
+fn write_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("write_bytes:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn body(job: u64, log: u64, handler: &str) -> String {
     format!(
         r#"{{"jobId":{job},"executorHandler":"{handler}","executorParams":"","executorBlockStrategy":"SERIAL_EXECUTION","executorTimeout":0,"logId":{log},"logDateTime":1717171717000,"glueType":"BEAN","glueSource":"","glueUpdatetime":0,"broadcastIndex":0,"broadcastTotal":1}}"#
@@ -351,11 +377,19 @@ async fn run() {
         let admin = fake_admin().await;
         let (ex, _) = start_exec(admin.addr, extra);
         let pid = ex.child.id();
+        let (flushes0, written0) = (flushes(ex.addr).await, write_bytes(pid));
         let start = Instant::now();
         let load = drive(ex.addr, runs, conns, jobs, 1).await;
         let done = wait_callbacks(&admin, load.accepted, Duration::from_secs(300)).await;
         let total = start.elapsed();
         let e2e = load.accepted as f64 / total.as_secs_f64();
+        // What the store cost per run: the figures behind "what bounds the throughput".
+        let per_run = |a: u64, b: u64| b.saturating_sub(a) as f64 / load.accepted.max(1) as f64;
+        println!(
+            "{name}: {:.2} flushes and {:.0} bytes written to disk per run",
+            per_run(flushes0, flushes(ex.addr).await),
+            per_run(written0, write_bytes(pid)),
+        );
         println!(
             "{name}: /run {:.0}/s (p50 {}, p99 {}), {} accepted; end to end (accepted -> callback acknowledged) {:.0} runs/s{}; peak RSS {} kB",
             load.rate,

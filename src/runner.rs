@@ -799,8 +799,9 @@ impl Runner {
             span.record("otel.status_code", "ERROR");
         }
         self.record(&t, &outcome, kind, Some(started.elapsed()));
-        // Not waited for: the next group commit (or the reporter's, after delivery) carries it,
-        // and a crash before then reports the run as interrupted, never as run twice.
+        // Not waited for: the next group commit carries it (the reporter waits for one before
+        // it sends the callback), and a crash before then reports the run as interrupted,
+        // never as run twice.
         inner.store.flush_soon();
     }
 }
