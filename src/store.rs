@@ -963,7 +963,8 @@ impl Store {
 /// Group commit on its own thread: every waiter that arrived while a flush ran is served by the
 /// next one. A plain thread (not `spawn_blocking`) because it lives as long as the store and a
 /// hand-off per flush costs more than the flush's bookkeeping.
-/// Under load, flushes start at most this often, so each one serves more waiters. Every sled
+/// Under load (the last flush had company), flushes start at most this often, so each one
+/// serves more waiters. Every sled
 /// flush seals an I/O buffer and wakes sled's whole I/O thread pool; back-to-back flushes spent
 /// more CPU on that than on the writes. An idle store flushes at once.
 const GROUP_COMMIT_MIN_GAP: Duration = Duration::from_millis(1);
@@ -972,6 +973,8 @@ fn group_commit(
     inner: std::sync::Weak<Inner>,
     mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
 ) {
+    // Set when the last flush served more than one waiter: a sign of load. A lone writer
+    // (one request at a time) never waits for the gap.
     let mut last_start: Option<std::time::Instant> = None;
     while let Some(first) = rx.blocking_recv() {
         if let Some(t) = last_start {
@@ -981,11 +984,12 @@ fn group_commit(
                 std::thread::sleep(gap);
             }
         }
-        last_start = Some(std::time::Instant::now());
+        let began = std::time::Instant::now();
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
+        last_start = (waiters.len() > 1).then_some(began);
         let Some(strong) = inner.upgrade() else {
             return;
         };
