@@ -11,7 +11,10 @@
 //! Durability: writes land in sled's memory first. [`Store::durable`] waits until they are on
 //! disk; concurrent callers share one flush (group commit), so an fsync is paid per batch of
 //! requests, not per request. With `store.flush_every_ms` set, `durable` returns at once and
-//! sled flushes on its timer: faster, but a power cut can lose the last few milliseconds.
+//! sled flushes on its timer: faster, but a crash can lose the last few milliseconds.
+//!
+//! Only single-key operations: no sled transactions or batches (see [`Store::finish`] for why
+//! and for how the order of writes stands in for them).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,6 +107,23 @@ pub struct RunRecord {
     /// not yet reported.
     #[serde(default)]
     pub outbox_seq: Option<u64>,
+}
+
+impl RunRecord {
+    /// A trigger just accepted at `now_ms`.
+    fn accepted(trigger: &Trigger, now_ms: i64) -> Self {
+        Self {
+            trigger: trigger.clone(),
+            state: RunState::Accepted,
+            accepted_ms: now_ms,
+            started_ms: None,
+            finished_ms: None,
+            outcome: None,
+            kind: None,
+            idempotency_key: None,
+            outbox_seq: None,
+        }
+    }
 }
 
 /// A callback waiting for the admin's acknowledgement.
@@ -405,18 +425,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Duplicate`], I/O.
     pub fn insert_accepted(&self, trigger: &Trigger) -> Result<()> {
-        let rec = RunRecord {
-            trigger: trigger.clone(),
-            state: RunState::Accepted,
-            accepted_ms: clock::now_ms(),
-            started_ms: None,
-            finished_ms: None,
-            outcome: None,
-            kind: None,
-            idempotency_key: None,
-            outbox_seq: None,
-        };
-        let v = serde_json::to_vec(&rec)?;
+        let v = serde_json::to_vec(&RunRecord::accepted(trigger, clock::now_ms()))?;
         match self
             .inner
             .runs
@@ -529,17 +538,7 @@ impl Store {
         self.inner.outbox_len.fetch_add(1, Ordering::Relaxed);
         // Rejected before acceptance never reaches here; a missing record means the trigger
         // was recovered from an older journal. Recreate it.
-        let mut rec = old.unwrap_or_else(|| RunRecord {
-            trigger: trigger.clone(),
-            state: RunState::Accepted,
-            accepted_ms: now,
-            started_ms: None,
-            finished_ms: None,
-            outcome: None,
-            kind: None,
-            idempotency_key: None,
-            outbox_seq: None,
-        });
+        let mut rec = old.unwrap_or_else(|| RunRecord::accepted(trigger, now));
         rec.state = RunState::Finished;
         rec.finished_ms = Some(now);
         rec.outcome = Some(outcome.clone());
@@ -594,7 +593,7 @@ impl Store {
         Ok(out)
     }
 
-    /// The admin acknowledged these callbacks: drop them from the outbox, in one batch. A run
+    /// The admin acknowledged these callbacks: drop them from the outbox. A run
     /// counts as reported once it is finished and no longer in the outbox, so the run records are
     /// not rewritten here (that rewrite was most of a delivery's cost).
     ///
