@@ -482,13 +482,9 @@ fn state(a: StateArgs) -> ExitCode {
     };
     rt.block_on(async move {
         let cfg = Config::defaults().store;
-        match Store::open(&dir, cfg) {
+        match Store::open_waiting(&dir, cfg, Duration::ZERO) {
             Ok(store) => print_state(&store, a.recent),
-            Err(StoreError::Unusable { reason, .. })
-                if reason.contains("lock")
-                    || reason.contains("WouldBlock")
-                    || reason.contains("temporarily unavailable") =>
-            {
+            Err(StoreError::Locked { .. }) => {
                 // The executor is running and holds the lock: read its snapshot.
                 match std::fs::read_to_string(dir.join(SNAPSHOT_FILE)) {
                     Ok(s) => {

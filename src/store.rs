@@ -28,6 +28,9 @@ use crate::clock;
 use crate::config::StoreConfig;
 use crate::job::{Callback, LogId, Outcome, OutcomeKind, RunState, Trigger};
 
+/// How long `serve` waits for the store's lock before it gives up.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// Bump when the on-disk format changes incompatibly.
 const SCHEMA_VERSION: u64 = 1;
 
@@ -44,6 +47,12 @@ pub enum StoreError {
         path: String,
         /// What went wrong.
         reason: String,
+    },
+    /// Another process holds the store's lock.
+    #[error("the store at {path} is locked by another process: is another xxl-edge running with this data directory? Stop it, or give this executor its own executor.data_dir")]
+    Locked {
+        /// The store directory.
+        path: String,
     },
     /// The disk is (nearly) full.
     #[error("disk full: {free} bytes free in {path}, below store.min_free_bytes = {min}; free some space and the executor accepts runs again")]
@@ -72,6 +81,7 @@ impl StoreError {
         match self {
             Self::Sled(_) => "io",
             Self::Unusable { .. } => "unusable",
+            Self::Locked { .. } => "locked",
             Self::DiskFull { .. } => "disk_full",
             Self::Duplicate(_) => "duplicate",
             Self::Decode(_) => "decode",
@@ -253,28 +263,63 @@ fn log_key(id: LogId, line: u32) -> [u8; 12] {
     k
 }
 
+/// sled reports a held lock only as an `Other` I/O error with this message (sled 0.34's
+/// `Config::open`), so the message is all there is to tell it from a corrupt store.
+fn is_lock_conflict(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
+}
+
 impl Store {
     /// Opens (or creates) the store under `data_dir/store` and starts the group-commit task.
     ///
     /// Must be called inside a tokio runtime.
     ///
+    /// Waits up to [`LOCK_WAIT`] for the lock: see [`Store::open_waiting`].
+    ///
     /// # Errors
-    /// [`StoreError::Unusable`] when the database is corrupt, locked by another process, or of
-    /// an unknown schema: the executor must not silently start empty.
+    /// As [`Store::open_waiting`].
     pub fn open(data_dir: &Path, cfg: StoreConfig) -> Result<Self> {
+        Self::open_waiting(data_dir, cfg, LOCK_WAIT)
+    }
+
+    /// Opens the store, waiting up to `lock_wait` while another process holds its lock.
+    ///
+    /// The wait is for restarts: right after a crash the lock can still be held for a moment,
+    /// by the dying process or by a command it forked that has not reached `exec` yet (the
+    /// child shares the locked file until then). A restart must not fail on that.
+    ///
+    /// # Errors
+    /// [`StoreError::Locked`] when the lock stays taken (another executor on the same data
+    /// directory); [`StoreError::Unusable`] when the database is corrupt or of an unknown
+    /// schema: the executor must not silently start empty.
+    pub fn open_waiting(data_dir: &Path, cfg: StoreConfig, lock_wait: Duration) -> Result<Self> {
         let dir = data_dir.join("store");
         let unusable = |reason: String| StoreError::Unusable {
             path: dir.display().to_string(),
             reason,
         };
         std::fs::create_dir_all(&dir).map_err(|e| unusable(format!("cannot create it: {e}")))?;
-        let db = sled::Config::new()
-            .path(&dir)
-            .cache_capacity(cfg.cache_bytes)
-            .mode(sled::Mode::LowSpace)
-            .flush_every_ms(cfg.flush_every.map(|d| d.as_millis().max(1) as u64))
-            .open()
-            .map_err(|e| unusable(e.to_string()))?;
+        let deadline = std::time::Instant::now() + lock_wait;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(&dir)
+                .cache_capacity(cfg.cache_bytes)
+                .mode(sled::Mode::LowSpace)
+                .flush_every_ms(cfg.flush_every.map(|d| d.as_millis().max(1) as u64))
+                .open();
+            match opened {
+                Ok(db) => break db,
+                Err(e) if is_lock_conflict(&e) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Locked {
+                            path: dir.display().to_string(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(unusable(e.to_string())),
+            }
+        };
         let open = |name: &str| db.open_tree(name).map_err(|e| unusable(e.to_string()));
         let runs = open("runs")?;
         let outbox = open("outbox")?;
@@ -1135,6 +1180,31 @@ mod tests {
         let s = Store::open(dir.path(), cfg()).unwrap();
         let r = s.recover().unwrap();
         assert!(r.queued.is_empty() && r.interrupted.is_empty());
+    }
+
+    /// A restart right after a crash finds the lock still held for a moment (the dying process,
+    /// or a forked command before its `exec`): it waits; a lock that stays taken is named.
+    #[tokio::test]
+    async fn open_waits_for_a_lock_that_is_let_go_and_names_one_that_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path(), cfg()).unwrap();
+        let err = Store::open_waiting(dir.path(), cfg(), Duration::ZERO).unwrap_err();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("another xxl-edge"), "{err}");
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            // Let go once the second open is known to be waiting.
+            rx.recv().unwrap();
+            drop(first);
+        });
+        let path = dir.path().to_path_buf();
+        let second = tokio::task::spawn_blocking(move || {
+            let _ = tx.send(());
+            Store::open_waiting(&path, cfg(), Duration::from_secs(10))
+        });
+        let second = second.await.unwrap();
+        holder.join().unwrap();
+        assert!(second.is_ok(), "{:?}", second.err());
     }
 
     #[tokio::test]
