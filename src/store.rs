@@ -629,13 +629,16 @@ impl Store {
     /// # Errors
     /// I/O or a corrupt record.
     pub fn outbox_batch(&self, max: usize) -> Result<Vec<(u64, OutboxEntry)>> {
-        let mut out = Vec::with_capacity(max.min(64));
-        for item in self.inner.outbox.iter().take(max) {
+        self.outbox_entries().take(max).collect()
+    }
+
+    /// The outbox in queue order, decoded.
+    fn outbox_entries(&self) -> impl Iterator<Item = Result<(u64, OutboxEntry)>> + '_ {
+        self.inner.outbox.iter().map(|item| {
             let (k, v) = item?;
             let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            out.push((seq, serde_json::from_slice(&v)?));
-        }
-        Ok(out)
+            Ok((seq, serde_json::from_slice(&v)?))
+        })
     }
 
     /// The admin acknowledged these callbacks: drop them from the outbox. A run
@@ -834,10 +837,8 @@ impl Store {
         }
         if !r.queued.is_empty() || !r.interrupted.is_empty() {
             let mut queued_callbacks = std::collections::HashMap::new();
-            for item in self.inner.outbox.iter() {
-                let (k, v) = item?;
-                let e: OutboxEntry = serde_json::from_slice(&v)?;
-                let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            for item in self.outbox_entries() {
+                let (seq, e) = item?;
                 queued_callbacks.insert(e.callback.log_id, (seq, e));
             }
             let mut repair = |runs: &mut Vec<RunRecord>| -> Result<()> {
