@@ -146,8 +146,14 @@ min_free_bytes = 0
     )
 }
 
+/// A numeric field of `/proc/PID/status`.
 fn proc_status(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_field(pid, "status", key)
+}
+
+/// The number after `key` in `/proc/PID/FILE`, 0 if absent.
+fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .unwrap_or_default()
         .lines()
         .find(|l| l.starts_with(key))
@@ -173,13 +179,7 @@ async fn flushes(addr: SocketAddr) -> u64 {
 
 /// Bytes the process caused to be written to storage (`/proc/PID/io`).
 fn write_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("write_bytes:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    proc_field(pid, "io", "write_bytes:")
 }
 
 fn body(job: u64, log: u64, handler: &str) -> String {
