@@ -174,15 +174,7 @@ async fn command_handlers_take_keys_from_the_config() {
 #[tokio::test]
 async fn relaxed_durability_still_delivers_everything() {
     let (admin, ex, _probe, _dir) = setup("flush_every_ms = 50\n").await;
-    for id in 1..=20 {
-        assert_eq!(
-            ex.run(id as i32, "demoJobHandler", id, json!({})).await,
-            ok()
-        );
-    }
-    admin
-        .wait_until("20 callbacks", |a| a.delivered().len() == 20)
-        .await;
+    run_demo_and_await_callbacks(&admin, &ex, 20).await;
     ex.shutdown().await;
 }
 

@@ -199,15 +199,7 @@ async fn a_dead_collector_does_not_touch_job_execution() {
     };
     let (provider, _guard) = export_to(closed, "x", Duration::from_secs(1));
     let (admin, ex, _probe, _dir) = setup("").await;
-    for id in 1..=20 {
-        assert_eq!(
-            ex.run(id as i32, "demoJobHandler", id, json!({})).await,
-            ok()
-        );
-    }
-    admin
-        .wait_until("20 callbacks", |a| a.delivered().len() == 20)
-        .await;
+    run_demo_and_await_callbacks(&admin, &ex, 20).await;
     ex.shutdown().await;
     let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
 }

@@ -95,15 +95,11 @@ impl FakeAdmin {
                     });
                     c.notify_waiters();
                     async move {
+                        if mode == AdminMode::Hang {
+                            tokio::time::sleep(GUARD).await;
+                        }
                         match mode {
-                            AdminMode::Hang => {
-                                tokio::time::sleep(GUARD).await;
-                                warp::reply::with_status(
-                                    r#"{"code":200,"msg":null,"content":null}"#.to_string(),
-                                    warp::http::StatusCode::OK,
-                                )
-                            }
-                            AdminMode::Ok => warp::reply::with_status(
+                            AdminMode::Ok | AdminMode::Hang => warp::reply::with_status(
                                 r#"{"code":200,"msg":null,"content":null}"#.to_string(),
                                 warp::http::StatusCode::OK,
                             ),
@@ -505,4 +501,21 @@ pub async fn setup(extra: &str) -> (FakeAdmin, TestExecutor, Probe, tempfile::Te
     ))
     .await;
     (admin, exec, probe, dir)
+}
+
+/// Triggers `demoJobHandler` for logIds `1..=n` (one job each) and waits until the admin has
+/// every callback: "nothing is lost" under a given setting.
+pub async fn run_demo_and_await_callbacks(admin: &FakeAdmin, ex: &TestExecutor, n: i64) {
+    for id in 1..=n {
+        assert_eq!(
+            ex.run(id as i32, "demoJobHandler", id, serde_json::json!({}))
+                .await,
+            ok()
+        );
+    }
+    admin
+        .wait_until(&format!("{n} callbacks"), |a| {
+            a.delivered().len() == n as usize
+        })
+        .await;
 }
