@@ -19,7 +19,8 @@ use crate::config::Config;
 use crate::handler::{self, CommandHandler, Handler, JobHandler};
 use crate::registry::{Registrar, BEAT_INTERVAL};
 use crate::report::Reporter;
-use crate::runner::Runner;
+use crate::runlog::RunLogs;
+use crate::runner::{Recovered, Runner};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -101,16 +102,29 @@ impl ExecutorBuilder {
         }
         let metrics = Metrics::new()?;
         std::fs::create_dir_all(&config.executor.data_dir)?;
-        let store = Store::open(&config.executor.data_dir, config.store.clone())?;
+        // Opening can wait seconds for the lock (a restart right after a crash): not on the
+        // runtime's few worker threads.
+        let store = {
+            let (dir, cfg) = (config.executor.data_dir.clone(), config.store.clone());
+            tokio::task::spawn_blocking(move || Store::open(&dir, cfg))
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))??
+        };
         metrics.store_budget.set(config.store.max_bytes as i64);
         {
             let m = metrics.clone();
             store.set_flush_observer(Arc::new(move |d| m.flushed(d)));
         }
+        let logs = RunLogs::new(
+            store.clone(),
+            config.store.max_log_bytes_per_run,
+            |e: &StoreError| tracing::warn!(error = %e, "Cannot write a run log line."),
+        );
         let outbox_ready = Arc::new(Notify::new());
         let runner = Runner::new(
             config.runner.clone(),
             store.clone(),
+            logs.clone(),
             metrics.clone(),
             handlers,
             config.glue_enabled.clone(),
@@ -119,13 +133,14 @@ impl ExecutorBuilder {
         );
         let recovery = store.recover()?;
         let runs = recovery.runs;
-        let (requeued, failed, rerun) = runner.recover(recovery);
+        // Interrupted runs are reported now; nothing starts before `run` has bound its sockets.
+        let (recovered, counts) = runner.recover(recovery);
         store.durable().await?;
         let report = RecoveryReport {
             runs,
-            requeued,
-            failed,
-            rerun,
+            requeued: recovered.len(),
+            failed: counts.failed,
+            rerun: counts.rerun,
             outbox: store.outbox_len(),
         };
         if report.requeued + report.failed > 0 || report.outbox > 0 {
@@ -142,11 +157,13 @@ impl ExecutorBuilder {
         Ok(Executor {
             config,
             store,
+            logs,
             runner,
             metrics,
             admin,
             outbox_ready,
             recovery: report,
+            recovered,
         })
     }
 }
@@ -156,11 +173,20 @@ impl ExecutorBuilder {
 pub struct Executor {
     config: Config,
     store: Store,
+    logs: RunLogs,
     runner: Runner,
     metrics: Metrics,
     admin: AdminClient,
     outbox_ready: Arc<Notify>,
     recovery: RecoveryReport,
+    /// Triggers the journal held, queued once `run` has bound its sockets.
+    recovered: Recovered,
+}
+
+impl std::fmt::Debug for Recovered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Recovered({})", self.len())
+    }
 }
 
 impl Executor {
@@ -189,12 +215,18 @@ impl Executor {
     /// # Errors
     /// The metrics listener could not be bound.
     pub async fn run(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        let port = listener.local_addr()?.port();
-        let address = self.config.executor.registered_address(port);
+        let local = listener.local_addr()?;
+        let address = self.config.executor.registered_address(local.port());
+        // Every listener is bound before any run starts (linkerd2-proxy's order): a taken port
+        // ends the process before it has begun work that a restart would report as interrupted.
+        let metrics_listener = match self.config.telemetry.metrics_listen {
+            Some(addr) => Some((TcpListener::bind(addr).await?, addr)),
+            None => None,
+        };
         let stop_http = CancellationToken::new();
         {
             let t = stop_http.clone();
@@ -204,6 +236,15 @@ impl Executor {
             });
         }
         let background = CancellationToken::new();
+        let not_requeued = self
+            .runner
+            .start_recovered(std::mem::take(&mut self.recovered));
+        if not_requeued > 0 {
+            tracing::warn!(
+                failed = not_requeued,
+                "Some recovered triggers could not be queued again; they are reported as failed."
+            );
+        }
 
         let registrar = Registrar::new(
             self.admin.clone(),
@@ -225,6 +266,7 @@ impl Executor {
         let reporter = tokio::spawn(
             Reporter::new(
                 self.store.clone(),
+                self.logs.clone(),
                 self.admin.clone(),
                 self.metrics.clone(),
                 self.outbox_ready.clone(),
@@ -234,13 +276,13 @@ impl Executor {
         let maintenance = tokio::spawn(maintain(
             self.store.clone(),
             self.runner.clone(),
+            self.metrics.clone(),
             self.config.clone(),
             background.clone(),
         ));
 
-        let metrics_server = match self.config.telemetry.metrics_listen {
-            Some(addr) => {
-                let l = TcpListener::bind(addr).await?;
+        let metrics_server = match metrics_listener {
+            Some((l, addr)) => {
                 tracing::info!(listen = %addr, "Serving /metrics.");
                 let t = stop_http.clone();
                 Some(tokio::spawn(
@@ -254,7 +296,7 @@ impl Executor {
         };
 
         tracing::info!(
-            listen = %listener.local_addr()?,
+            listen = %local,
             address = %address,
             app_name = %self.config.executor.app_name,
             admins = ?self.admin.addresses(),
@@ -283,6 +325,7 @@ impl Executor {
         let deadline = Instant::now() + self.config.admin.timeout * 2 + Duration::from_secs(1);
         let left = Reporter::new(
             self.store.clone(),
+            self.logs.clone(),
             self.admin.clone(),
             self.metrics.clone(),
             self.outbox_ready.clone(),
@@ -298,23 +341,41 @@ impl Executor {
         if let Some(m) = metrics_server {
             let _ = m.await;
         }
-        write_snapshot(&self.store, &self.runner, &self.config.executor.data_dir);
-        self.store.flush_now()?;
+        let (store, runner) = (self.store.clone(), self.runner.clone());
+        let dir = self.config.executor.data_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            Snapshot::take(&store, &runner, store.size_on_disk()).write(&dir);
+            store.flush_now()
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         tracing::info!("xxl-edge stopped.");
         Ok(())
     }
 }
 
-/// Retention (hourly) and the state snapshot (every few seconds) that `xxl-edge state` reads
-/// while the executor holds the store's lock.
-async fn maintain(store: Store, runner: Runner, config: Config, stop: CancellationToken) {
+/// Retention (hourly), the store's size for `/metrics`, and the state snapshot that
+/// `xxl-edge state` reads while the executor holds the store's lock. Everything that touches
+/// files runs on the blocking pool: a device runtime has one or two worker threads.
+async fn maintain(
+    store: Store,
+    runner: Runner,
+    metrics: Metrics,
+    config: Config,
+    stop: CancellationToken,
+) {
     let retention = (config.executor.log_retention_days > 0)
         .then(|| Duration::from_secs(u64::from(config.executor.log_retention_days) * 86_400));
     let mut last_prune: Option<Instant> = None;
     let mut over_budget = false;
     let mut disk_low = false;
+    let mut last_snapshot: Option<Snapshot> = None;
     loop {
-        let size = store.size_on_disk();
+        let s = store.clone();
+        let size = tokio::task::spawn_blocking(move || s.size_on_disk())
+            .await
+            .unwrap_or(0);
+        metrics.store_size.set(i64::try_from(size).unwrap_or(i64::MAX));
         if (size > config.store.max_bytes) != over_budget {
             over_budget = !over_budget;
             if over_budget {
@@ -348,7 +409,13 @@ async fn maintain(store: Store, runner: Runner, config: Config, stop: Cancellati
             }
             last_prune = Some(Instant::now());
         }
-        write_snapshot(&store, &runner, &config.executor.data_dir);
+        // Written only when it changed: an idle executor writes nothing (flash wear).
+        let snap = Snapshot::take(&store, &runner, size);
+        if last_snapshot.as_ref() != Some(&snap) {
+            let (to_write, dir) = (snap.clone(), config.executor.data_dir.clone());
+            let _ = tokio::task::spawn_blocking(move || to_write.write(&dir)).await;
+            last_snapshot = Some(snap);
+        }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
             () = stop.cancelled() => return,
@@ -359,26 +426,37 @@ async fn maintain(store: Store, runner: Runner, config: Config, stop: Cancellati
 /// File name of the snapshot in the data directory.
 pub const SNAPSHOT_FILE: &str = "state.json";
 
-fn write_snapshot(store: &Store, runner: &Runner, dir: &std::path::Path) {
-    let snap = serde_json::json!({
-        "written_ms": crate::clock::now_ms(),
-        "pid": std::process::id(),
-        "executing": runner.executing(),
-        "queued": runner.queued(),
-        "outbox_entries": store.outbox_len(),
-        "outbox_oldest_age_secs": store.outbox_oldest_age().map(|d| d.as_secs()),
-        "store_bytes": store.size_on_disk(),
-        "recent": store.recent_runs(20).unwrap_or_default().iter().map(|r| serde_json::json!({
-            "log_id": r.trigger.log_id.0,
-            "job_id": r.trigger.job_id.0,
-            "handler": r.trigger.handler_label(),
-            "state": r.state.as_str(),
-            "code": r.outcome.as_ref().map(|o| o.code),
-            "accepted_ms": r.accepted_ms,
-        })).collect::<Vec<_>>(),
-    });
-    let tmp: PathBuf = dir.join(format!(".{SNAPSHOT_FILE}.tmp"));
-    if std::fs::write(&tmp, snap.to_string()).is_ok() {
-        let _ = std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE));
+/// What `xxl-edge state` shows of a running executor.
+#[derive(Clone, PartialEq)]
+struct Snapshot(serde_json::Value);
+
+impl Snapshot {
+    /// Reads counters and the 20 most recent runs (a short, bounded scan of the journal).
+    fn take(store: &Store, runner: &Runner, store_bytes: u64) -> Self {
+        Self(serde_json::json!({
+            "store_bytes": store_bytes,
+            "pid": std::process::id(),
+            "executing": runner.executing(),
+            "queued": runner.queued(),
+            "outbox_entries": store.outbox_len(),
+            "outbox_oldest_queued_ms": store.outbox_oldest_queued_ms(),
+            "recent": store.recent_runs(20).unwrap_or_default().iter().map(|r| serde_json::json!({
+                "log_id": r.trigger.log_id.0,
+                "job_id": r.trigger.job_id.0,
+                "handler": r.trigger.handler_label(),
+                "state": r.state.as_str(),
+                "code": r.outcome.as_ref().map(|o| o.code),
+                "accepted_ms": r.accepted_ms,
+            })).collect::<Vec<_>>(),
+        }))
+    }
+
+    fn write(&self, dir: &std::path::Path) {
+        let mut v = self.0.clone();
+        v["written_ms"] = crate::clock::now_ms().into();
+        let tmp: PathBuf = dir.join(format!(".{SNAPSHOT_FILE}.tmp"));
+        if std::fs::write(&tmp, v.to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE));
+        }
     }
 }

@@ -15,7 +15,8 @@
 //! - [`telemetry`]: metrics on an explicit Prometheus registry; log setup.
 //! - [`store`]: the only module that names sled: journal, outbox, keys, run logs, retention.
 //! - [`admin`]: wire DTOs (the only place that spells XXL-JOB field names) and the admin client.
-//! - [`runner`]: per-job queues, block strategies, kill, timeout, recovery after restart.
+//! - [`runner`]: admission, per-job workers, kill, timeout, recovery after restart.
+//! - `runlog`: one home for a run's log lines, their counter and cap.
 //! - [`report`]: outbox delivery in batches of at most 50 with backoff.
 //! - [`registry`]: the 30 s registration loop and `registryRemove`.
 //! - [`api`]: the warp routes and the single error-to-envelope mapping.
@@ -50,6 +51,7 @@ pub mod job;
 pub mod registry;
 pub mod report;
 pub mod runner;
+mod runlog;
 pub mod store;
 pub mod telemetry;
 

@@ -233,6 +233,15 @@ fn serve(a: ServeArgs) -> ExitCode {
                 xxl_edge::Outcome::success()
             });
         }
+        // Bound before the store is opened and recovered, so a taken port stops the process
+        // before it has started any run.
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("xxl-edge: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let executor = match builder.config(config).build().await {
             Ok(e) => e,
             Err(xxl_edge::executor::Error::Store(e)) => {
@@ -241,13 +250,6 @@ fn serve(a: ServeArgs) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("xxl-edge: cannot start: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("xxl-edge: cannot listen on {addr}: {e}");
                 return ExitCode::FAILURE;
             }
         };

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::wire::HandleCallbackParam;
 use crate::admin::AdminClient;
-use crate::clock;
-use crate::store::{OutboxEntry, Store};
+use crate::runlog::RunLogs;
+use crate::store::Store;
 use crate::telemetry::Metrics;
 
 /// Most callbacks in one request, as the 3.4.1+ reference sends them.
@@ -56,6 +56,7 @@ pub struct Reporter {
     admin: AdminClient,
     metrics: Metrics,
     ready: Arc<Notify>,
+    logs: RunLogs,
     backoff: Backoff,
     /// Runs whose log already says the callback failed, so a long outage adds one line per run,
     /// not one per retry.
@@ -71,8 +72,15 @@ impl std::fmt::Debug for Reporter {
 
 impl Reporter {
     /// A reporter woken by `ready` whenever a callback is queued.
-    pub fn new(store: Store, admin: AdminClient, metrics: Metrics, ready: Arc<Notify>) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        logs: RunLogs,
+        admin: AdminClient,
+        metrics: Metrics,
+        ready: Arc<Notify>,
+    ) -> Self {
         Self {
+            logs,
             store,
             admin,
             metrics,
@@ -185,7 +193,9 @@ impl Reporter {
                     .callbacks
                     .with_label_values(&["delivered"])
                     .inc_by(n);
-                self.log_each(&batch, "<br>----------- xxl-job job callback finish.");
+                for (_, e) in &batch {
+                    self.logs.open(e.callback.log_id).callback_finish();
+                }
                 for (_, e) in &batch {
                     self.noted.remove(&e.callback.log_id.0);
                 }
@@ -208,33 +218,21 @@ impl Reporter {
                     self.failing_since = Some(Instant::now());
                     tracing::warn!(error = %e, backlog = self.store.outbox_len(), "Callback delivery failed; retrying with backoff, the outbox keeps every callback on disk.");
                 }
-                let line = match &e {
-                    crate::admin::AdminError::Rejected(..) => {
-                        format!("<br>----------- xxl-job job callback fail, {e}")
+                let rejected = matches!(e, crate::admin::AdminError::Rejected(..));
+                let error = e.to_string();
+                for (_, en) in &batch {
+                    // One line per run for the whole outage, not one per retry.
+                    if self.noted.insert(en.callback.log_id.0) {
+                        self.logs
+                            .open(en.callback.log_id)
+                            .callback_failed(rejected, &error);
                     }
-                    _ => format!("<br>----------- xxl-job job callback error, errorMsg:{e}"),
-                };
-                let fresh: Vec<(u64, OutboxEntry)> = batch
-                    .into_iter()
-                    .filter(|(_, en)| self.noted.insert(en.callback.log_id.0))
-                    .collect();
-                self.log_each(&fresh, &line);
+                }
                 if self.noted.len() > 100_000 {
                     self.noted.clear();
                 }
                 Some(false)
             }
-        }
-    }
-
-    fn log_each(&self, batch: &[(u64, OutboxEntry)], line: &str) {
-        let ts = clock::format_ts(clock::now_ms());
-        for (_, e) in batch {
-            let id = e.callback.log_id;
-            let n = self.store.last_log_line(id).unwrap_or(0) + 1;
-            let _ = self
-                .store
-                .append_log(id, n, &format!("{ts} [xxl-edge] {line}"));
         }
     }
 }

@@ -665,10 +665,16 @@ impl Store {
 
     /// Age of the oldest waiting callback.
     pub fn outbox_oldest_age(&self) -> Option<Duration> {
+        let queued = self.outbox_oldest_queued_ms()?;
+        let age = clock::now_ms().saturating_sub(queued).max(0);
+        Some(Duration::from_millis(age as u64))
+    }
+
+    /// When the oldest waiting callback was queued (epoch ms).
+    pub fn outbox_oldest_queued_ms(&self) -> Option<i64> {
         let (_, v) = self.inner.outbox.first().ok()??;
         let e: OutboxEntry = serde_json::from_slice(&v).ok()?;
-        let age = clock::now_ms().saturating_sub(e.queued_ms).max(0);
-        Some(Duration::from_millis(age as u64))
+        Some(e.queued_ms)
     }
 
     /// Checks and takes an idempotency key for a new run.
@@ -801,10 +807,19 @@ impl Store {
             .range(log_key(id, from)..=log_key(id, u32::MAX))
         {
             let (k, v) = item?;
-            let text = String::from_utf8_lossy(&v).into_owned();
+            let mut text = String::from_utf8_lossy(&v).into_owned();
             if !lines.is_empty() && (lines.len() >= max_lines || bytes + text.len() + 1 > max_bytes)
             {
                 break;
+            }
+            if text.len() + 1 > max_bytes {
+                // A line longer than a whole page (written before lines were split, or a page
+                // bound below the line bound) is cut: a page never exceeds its byte bound.
+                let mut cut = max_bytes.saturating_sub(1);
+                while cut > 0 && !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
             }
             bytes += text.len() + 1;
             to = u32::from_be_bytes(k[8..12].try_into().unwrap_or([0; 4]));

@@ -1,0 +1,348 @@
+//! One home for a run's log: the line counter, the byte cap, the `yyyy-MM-dd HH:mm:ss [xxl-edge]`
+//! prefix and every line the reference writes (start, end, timeout, stop, exception, callback).
+//!
+//! The runner, the reporter and recovery all write through [`RunLogs::open`], which hands out the
+//! live log of a run when one exists, so a late handler write and the reporter's "callback finish"
+//! share one counter and can never take the same line number. A log that nobody holds continues
+//! after the last line in the store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::clock;
+use crate::handler::LogSink;
+use crate::job::{LogId, Outcome};
+use crate::store::{Store, StoreError};
+
+/// Longest line kept as one line; longer ones are split, so that a `/log` page bounded in bytes
+/// can always hold at least one line and a single write cannot make a page of megabytes.
+pub(crate) const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// How much of the params the start line shows. The reference prints all of it, but params of
+/// megabytes (or of a million newlines) would then fill the run's log with the executor's own
+/// line; the handler still gets them whole.
+pub(crate) const START_LINE_PARAM_BYTES: usize = 4 * 1024;
+
+/// What each stored line costs against the run's cap besides its text: the key and sled's
+/// bookkeeping. Without it a flood of empty lines would be free.
+const LINE_OVERHEAD: u64 = 16;
+
+/// The logs of live runs; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct RunLogs {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    store: Store,
+    cap: u64,
+    live: Mutex<HashMap<LogId, Weak<LogInner>>>,
+    /// Called when a line cannot be written (counted and logged by the owner).
+    on_error: Box<dyn Fn(&StoreError) + Send + Sync>,
+}
+
+impl std::fmt::Debug for RunLogs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunLogs").finish_non_exhaustive()
+    }
+}
+
+/// One run's log. Clones share the counter.
+#[derive(Clone)]
+pub(crate) struct RunLog {
+    inner: Arc<LogInner>,
+}
+
+struct LogInner {
+    shared: Weak<Shared>,
+    store: Store,
+    log_id: LogId,
+    next: AtomicU32,
+    used: AtomicU64,
+    cap: u64,
+    truncated: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl RunLogs {
+    /// Logs in `store`, each run's handler output capped at `cap` bytes.
+    pub(crate) fn new(
+        store: Store,
+        cap: u64,
+        on_error: impl Fn(&StoreError) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Shared {
+                store,
+                cap,
+                live: Mutex::new(HashMap::new()),
+                on_error: Box::new(on_error),
+            }),
+        }
+    }
+
+    /// The run's live log, or a new handle that continues after its last stored line.
+    pub(crate) fn open(&self, log_id: LogId) -> RunLog {
+        let mut live = lock(&self.inner.live);
+        if let Some(l) = live.get(&log_id).and_then(Weak::upgrade) {
+            return RunLog { inner: l };
+        }
+        // Nobody writes this log now: every earlier line is in the store (appends are
+        // synchronous), so the store's last line is the truth.
+        let last = match self.inner.store.last_log_line(log_id) {
+            Ok(n) => n,
+            Err(e) => {
+                (self.inner.on_error)(&e);
+                0
+            }
+        };
+        let inner = Arc::new(LogInner {
+            shared: Arc::downgrade(&self.inner),
+            store: self.inner.store.clone(),
+            log_id,
+            next: AtomicU32::new(last.saturating_add(1)),
+            used: AtomicU64::new(0),
+            cap: self.inner.cap,
+            truncated: AtomicBool::new(false),
+        });
+        live.insert(log_id, Arc::downgrade(&inner));
+        RunLog { inner }
+    }
+
+    /// Runs with a live log (for tests and the state view).
+    #[cfg(test)]
+    fn live(&self) -> usize {
+        lock(&self.inner.live).len()
+    }
+}
+
+impl Drop for LogInner {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            let mut live = lock(&shared.live);
+            // A newer handle may have replaced this one after the last strong reference went.
+            if live.get(&self.log_id).is_some_and(|w| w.strong_count() == 0) {
+                live.remove(&self.log_id);
+            }
+        }
+    }
+}
+
+impl RunLog {
+    fn append(&self, text: &str) {
+        let mut rest = text;
+        loop {
+            let cut = split_at_most(rest, MAX_LINE_BYTES);
+            let (line, tail) = rest.split_at(cut);
+            let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .used
+                .fetch_add(line.len() as u64 + LINE_OVERHEAD, Ordering::Relaxed);
+            if let Err(e) = self.inner.store.append_log(self.inner.log_id, n, line) {
+                if let Some(shared) = self.inner.shared.upgrade() {
+                    (shared.on_error)(&e);
+                }
+            }
+            if tail.is_empty() {
+                return;
+            }
+            rest = tail;
+        }
+    }
+
+    /// The executor's own line: prefixed, split on newlines, never dropped by the cap (each
+    /// kind is written a bounded number of times per run), but counted against it.
+    fn system(&self, text: &str) {
+        let prefix = clock::format_ts(clock::now_ms());
+        for (i, l) in text.split('\n').enumerate() {
+            if i == 0 {
+                self.append(&format!("{prefix} [xxl-edge] {l}"));
+            } else {
+                self.append(l);
+            }
+        }
+    }
+
+    /// `<br>----------- xxl-edge trace_id=…`: first, so the admin's log view leads to the trace.
+    pub(crate) fn trace_id(&self, trace_id: &str) {
+        self.system(&format!("<br>----------- xxl-edge trace_id={trace_id}"));
+    }
+
+    /// The reference's start line, with the params cut to [`START_LINE_PARAM_BYTES`].
+    pub(crate) fn start(&self, params: Option<&str>) {
+        let shown = match params {
+            None => "null".to_string(),
+            Some(p) if p.len() <= START_LINE_PARAM_BYTES => p.to_string(),
+            Some(p) => format!(
+                "{}... ({} bytes in all; the handler gets them whole)",
+                &p[..split_at_most(p, START_LINE_PARAM_BYTES)],
+                p.len()
+            ),
+        };
+        self.system(&format!(
+            "<br>----------- xxl-job job execute start -----------<br>----------- Param:{shown}"
+        ));
+    }
+
+    /// The reference's end line with the result the admin will get.
+    pub(crate) fn end(&self, outcome: &Outcome) {
+        self.system(&format!(
+            "<br>----------- xxl-job job execute end(finish) -----------<br>----------- Result: handleCode={}, handleMsg = {}",
+            outcome.code,
+            outcome.msg.as_deref().unwrap_or("null")
+        ));
+    }
+
+    /// A handler that panicked (the reference's exception lines).
+    pub(crate) fn exception(&self, msg: &str) {
+        self.system(&format!(
+            "<br>----------- JobThread Exception:{msg}<br>----------- xxl-job job execute end(error) -----------"
+        ));
+    }
+
+    /// `executorTimeout` elapsed.
+    pub(crate) fn timeout(&self) {
+        self.system("<br>----------- xxl-job job execute timeout");
+    }
+
+    /// The job's worker was stopped (kill, replacement, shutdown).
+    pub(crate) fn stopped(&self, reason: &str) {
+        self.system(&format!("<br>----------- JobThread toStop, stopReason:{reason}"));
+    }
+
+    /// An xxl-edge line of its own (restart, skipped duplicate, store failure).
+    pub(crate) fn note(&self, msg: &str) {
+        self.system(&format!("<br>----------- {msg}"));
+    }
+
+    /// The admin acknowledged the callback.
+    pub(crate) fn callback_finish(&self) {
+        self.system("<br>----------- xxl-job job callback finish.");
+    }
+
+    /// No admin took the callback (yet); `rejected` when one answered with an error code.
+    pub(crate) fn callback_failed(&self, rejected: bool, error: &str) {
+        if rejected {
+            self.system(&format!("<br>----------- xxl-job job callback fail, {error}"));
+        } else {
+            self.system(&format!(
+                "<br>----------- xxl-job job callback error, errorMsg:{error}"
+            ));
+        }
+    }
+}
+
+impl LogSink for RunLog {
+    /// Handler output: dropped after one marker line once the run's cap is reached.
+    fn write_line(&self, line: &str) {
+        let cost = line.len() as u64 + LINE_OVERHEAD;
+        if self.inner.used.load(Ordering::Relaxed) + cost > self.inner.cap {
+            if !self.inner.truncated.swap(true, Ordering::Relaxed) {
+                self.append(&format!(
+                    "[xxl-edge] log truncated: this run wrote more than {} bytes (store.max_log_bytes_per_run); further output is dropped",
+                    self.inner.cap
+                ));
+            }
+            return;
+        }
+        self.append(line);
+    }
+}
+
+/// The largest index ≤ `max` that is a char boundary of `s` (at least one char, so progress is
+/// always made).
+fn split_at_most(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
+    }
+    let mut i = max;
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    if i == 0 {
+        s.char_indices().nth(1).map_or(s.len(), |(i, _)| i)
+    } else {
+        i
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn logs(cap: u64) -> (tempfile::TempDir, Store, RunLogs) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), crate::config::Config::defaults().store).unwrap();
+        let logs = RunLogs::new(store.clone(), cap, |_| {});
+        (dir, store, logs)
+    }
+
+    fn lines(store: &Store, id: i64) -> Vec<String> {
+        store
+            .read_log(LogId(id), 1, usize::MAX, usize::MAX)
+            .unwrap()
+            .map(|p| p.lines)
+            .unwrap_or_default()
+    }
+
+    /// Issue 9 #5: a handler's late write and the reporter's "callback finish" used two
+    /// counters and could take the same line number.
+    #[tokio::test]
+    async fn a_live_log_is_shared_so_lines_never_collide() {
+        let (_d, store, logs) = logs(1 << 20).await;
+        let runner_side = logs.open(LogId(1));
+        runner_side.start(Some("p"));
+        let reporter_side = logs.open(LogId(1));
+        reporter_side.callback_finish();
+        runner_side.write_line("late handler line");
+        let got = lines(&store, 1);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[1].ends_with("callback finish."));
+        assert_eq!(got[2], "late handler line");
+        drop((runner_side, reporter_side));
+        assert_eq!(logs.live(), 0, "dropped logs leave the map");
+        // Nobody holds it: a new handle continues after the stored lines.
+        logs.open(LogId(1)).note("after");
+        assert_eq!(lines(&store, 1).len(), 4);
+    }
+
+    /// Issue 9 #14: params of newlines were a system line outside the cap.
+    #[tokio::test]
+    async fn the_start_line_is_bounded_and_every_line_counts() {
+        let cap = 256 * 1024;
+        let (_d, store, logs) = logs(cap).await;
+        let log = logs.open(LogId(2));
+        log.start(Some(&"\n".repeat(1 << 20)));
+        let start_lines = lines(&store, 2).len();
+        assert!(start_lines <= START_LINE_PARAM_BYTES + 2, "{start_lines}");
+        // Empty lines cost too, and the start line used part of the cap.
+        for _ in 0..20_000 {
+            log.write_line("");
+        }
+        let n = lines(&store, 2).len();
+        assert!(n <= (cap / LINE_OVERHEAD) as usize + 1, "{n} lines");
+        assert!(lines(&store, 2).last().unwrap().contains("log truncated"));
+        // The essential lines still come after the cap.
+        log.end(&Outcome::success());
+        assert!(lines(&store, 2)
+            .last()
+            .unwrap()
+            .contains("Result: handleCode=200"));
+    }
+
+    #[tokio::test]
+    async fn a_long_line_is_split_on_char_boundaries() {
+        let (_d, store, logs) = logs(1 << 24).await;
+        let log = logs.open(LogId(3));
+        let text = "é".repeat(MAX_LINE_BYTES); // 2 bytes each
+        log.write_line(&text);
+        let got = lines(&store, 3);
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|l| l.len() <= MAX_LINE_BYTES));
+        assert_eq!(got.concat(), text);
+    }
+}

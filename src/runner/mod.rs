@@ -1,0 +1,534 @@
+//! Per-job queues: one worker task per jobId runs its triggers in order, different jobIds run in
+//! parallel, with the reference's exact messages (protocol §2.3, §4.1–§4.4).
+//!
+//! - [`admission`]: what a trigger does to its job (queue, new worker, refusal), a pure function;
+//! - `worker`: a job's queue and task, and the execution of one run (kill, timeout, panics);
+//! - `recovery`: what the journal held at start, queued again or reported.
+//!
+//! Every trigger is in the journal and on disk before `/run` answers 200, and a worker starts a
+//! run only once its acceptance is known to be durable; a run is marked running (durably)
+//! before its handler starts, and any store error before that fails the run instead of running
+//! it unprotected.
+
+mod admission;
+mod recovery;
+mod worker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::config::RunnerConfig;
+use crate::handler::{self, Handler, ScriptHandler};
+use crate::job::{reason, Glue, GlueKind, JobId, LogId, Outcome, OutcomeKind, Trigger};
+use crate::runlog::RunLogs;
+use crate::store::{KeyCheck, Store, StoreError};
+use crate::telemetry::{Metrics, TriggerResult};
+
+pub use admission::Refusal;
+use admission::{Decision, Limits};
+pub(crate) use recovery::Recovered;
+use worker::{Queued, Worker};
+
+/// What a trigger will run with, and what identifies "the same handler" for replacement.
+#[derive(Clone)]
+enum Resolved {
+    Bean { handler: Handler },
+    Script { kind: GlueKind, updated: i64 },
+}
+
+impl Resolved {
+    fn same_as(&self, other: &Resolved) -> bool {
+        match (self, other) {
+            (Resolved::Bean { handler: a }, Resolved::Bean { handler: b }) => a.same_as(b),
+            (
+                Resolved::Script {
+                    kind: k1,
+                    updated: u1,
+                },
+                Resolved::Script {
+                    kind: k2,
+                    updated: u2,
+                },
+            ) => k1 == k2 && u1 == u2,
+            _ => false,
+        }
+    }
+}
+
+/// Cheap handle to the runner.
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: RunnerConfig,
+    store: Store,
+    logs: RunLogs,
+    metrics: Metrics,
+    handlers: handler::Registry,
+    glue_enabled: Vec<GlueKind>,
+    glue_dir: PathBuf,
+    /// Never held across I/O or `.await`: admission decides under it, the journal and GLUE
+    /// files are written outside it.
+    jobs: Mutex<HashMap<JobId, Arc<Worker>>>,
+    /// Jobs in the map that run or have queued triggers, kept by the workers, so that
+    /// `runner.max_running` is checked without locking every worker.
+    busy_jobs: Arc<AtomicUsize>,
+    outbox_ready: Arc<Notify>,
+    tracker: TaskTracker,
+    accepting: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means another thread panicked while holding it; the state is plain
+    // data that stays consistent at every await-free step, so carry on.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner").finish_non_exhaustive()
+    }
+}
+
+impl Runner {
+    /// Creates the runner; `outbox_ready` is notified whenever a callback is queued.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        cfg: RunnerConfig,
+        store: Store,
+        logs: RunLogs,
+        metrics: Metrics,
+        handlers: handler::Registry,
+        glue_enabled: Vec<GlueKind>,
+        glue_dir: PathBuf,
+        outbox_ready: Arc<Notify>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                cfg,
+                store,
+                logs,
+                metrics,
+                handlers,
+                glue_enabled,
+                glue_dir,
+                jobs: Mutex::new(HashMap::new()),
+                busy_jobs: Arc::new(AtomicUsize::new(0)),
+                outbox_ready,
+                tracker: TaskTracker::new(),
+                accepting: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    /// The label for metrics: a registered name, a glue kind, or `unknown` (never a name from
+    /// the network that is not registered).
+    fn label(&self, t: &Trigger) -> String {
+        match &t.glue {
+            Glue::Bean if self.inner.handlers.get(&t.handler).is_some() => t.handler.clone(),
+            Glue::Bean => "unknown".to_string(),
+            Glue::Script { kind, .. } => kind.wire_name().to_string(),
+        }
+    }
+
+    fn resolve(&self, t: &Trigger) -> Result<Resolved, Refusal> {
+        match &t.glue {
+            Glue::Bean => match self.inner.handlers.get(&t.handler) {
+                Some(h) => Ok(Resolved::Bean { handler: h.clone() }),
+                None => Err(Refusal::new(
+                    TriggerResult::UnknownHandler,
+                    format!(
+                        "job handler [{}] not found.",
+                        if t.handler.is_empty() {
+                            "null"
+                        } else {
+                            &t.handler
+                        }
+                    ),
+                )),
+            },
+            Glue::Script { kind, updated, .. } => {
+                if !self.inner.glue_enabled.contains(kind) {
+                    return Err(Refusal::new(
+                        TriggerResult::GlueDisabled,
+                        format!(
+                            "glueType[{}] is disabled on this executor: running scripts sent by the admin is remote code execution, so xxl-edge runs them only when the operator allows it. Add \"{}\" to glue.enabled in the config file (or XXL_EDGE_GLUE_ENABLED={}) and restart.",
+                            kind.wire_name(),
+                            kind.config_name(),
+                            kind.config_name()
+                        ),
+                    ));
+                }
+                Ok(Resolved::Script {
+                    kind: *kind,
+                    updated: *updated,
+                })
+            }
+        }
+    }
+
+    /// The handler a new worker runs; for a GLUE script this writes the script file (I/O: never
+    /// under the map lock).
+    fn build_handler(&self, t: &Trigger, r: &Resolved) -> Result<Handler, Refusal> {
+        match (r, &t.glue) {
+            (Resolved::Bean { handler }, _) => Ok(handler.clone()),
+            (Resolved::Script { kind, updated }, Glue::Script { source, .. }) => {
+                ScriptHandler::prepare(
+                    &self.inner.glue_dir,
+                    t.job_id,
+                    *kind,
+                    source,
+                    *updated,
+                    self.inner.cfg.kill_grace,
+                )
+                .map(Handler::new)
+                .map_err(|e| {
+                    tracing::error!(error = %e, job_id = %t.job_id, "Cannot write a GLUE script file.");
+                    Refusal::new(
+                        TriggerResult::StoreError,
+                        format!("cannot write the glue script for job {}: {e}", t.job_id),
+                    )
+                })
+            }
+            (Resolved::Script { .. }, Glue::Bean) => Err(Refusal::new(
+                TriggerResult::Invalid,
+                "glueType[BEAN] is not valid.",
+            )),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_queue_per_job: self.inner.cfg.max_queue_per_job,
+            max_running: self.inner.cfg.max_running,
+        }
+    }
+
+    /// Admission on the state under the lock: no I/O here.
+    fn decide(
+        &self,
+        jobs: &HashMap<JobId, Arc<Worker>>,
+        t: &Trigger,
+        resolved: &Resolved,
+    ) -> Decision {
+        let view = jobs
+            .get(&t.job_id)
+            .map(|w| w.view(t.log_id, w.resolved.same_as(resolved)));
+        let busy = self.inner.busy_jobs.load(Ordering::Acquire);
+        let others = busy.saturating_sub(usize::from(view.is_some_and(|v| v.busy)));
+        admission::decide(view, t, others, self.limits())
+    }
+
+    /// Accepts a trigger into its job's queue and the journal, or refuses it with the message
+    /// the admin will show. Returns once the acceptance is durable.
+    ///
+    /// # Errors
+    /// A [`Refusal`]: nothing was queued, nothing will run and no callback will follow.
+    pub async fn submit(&self, t: Trigger) -> Result<(), Refusal> {
+        let label = self.label(&t);
+        let res = self.submit_inner(t).await;
+        let result = match &res {
+            Ok(r) => *r,
+            Err(e) => e.result,
+        };
+        self.inner.metrics.trigger(&label, result);
+        res.map(|_| ())
+    }
+
+    async fn submit_inner(&self, t: Trigger) -> Result<TriggerResult, Refusal> {
+        let inner = &self.inner;
+        if !inner.accepting.load(Ordering::Acquire) {
+            return Err(Refusal::new(
+                TriggerResult::ShuttingDown,
+                "xxl-edge is shutting down and accepts no new runs.",
+            ));
+        }
+        let resolved = self.resolve(&t)?;
+        inner.store.check_space().map_err(store_refusal)?;
+        if inner.store.has_run(t.log_id).map_err(store_refusal)? {
+            return Err(Refusal::repeat(t.log_id));
+        }
+        if let Some(r) = self.duplicate_key(&t, &resolved).await? {
+            return Ok(r);
+        }
+
+        // Decide first, so that a refusal costs no I/O.
+        let first = {
+            let jobs = lock(&inner.jobs);
+            self.decide(&jobs, &t, &resolved)
+        };
+        let mut handler = match first {
+            Decision::Refuse(r) => return Err(r),
+            Decision::NewWorker { .. } => Some(self.build_handler(&t, &resolved)?),
+            Decision::Queue => None,
+        };
+        self.insert_accepted(&t)?;
+        let (admitted_tx, admitted_rx) = oneshot::channel();
+        let mut admitted_rx = Some(admitted_rx);
+        // Commit on the state found now; the decision can have changed while the lock was
+        // free. At most twice: a second pass only happens when a worker must now be built.
+        let victim = loop {
+            let mut jobs = lock(&inner.jobs);
+            let decision = self.decide(&jobs, &t, &resolved);
+            let push = |w: &Worker, rx: &mut Option<oneshot::Receiver<bool>>| {
+                if let Some(rx) = rx.take() {
+                    inner.metrics.queued.inc();
+                    w.push(Queued::new(t.clone(), Some(rx)));
+                }
+            };
+            match decision {
+                Decision::Refuse(r) => {
+                    drop(jobs);
+                    self.forget(t.log_id);
+                    return Err(r);
+                }
+                // `decide` queues only on a worker it found in `jobs`, under this same lock.
+                Decision::Queue => match jobs.get(&t.job_id) {
+                    Some(w) => {
+                        push(w, &mut admitted_rx);
+                        break None;
+                    }
+                    None => {
+                        drop(jobs);
+                        self.forget(t.log_id);
+                        return Err(Refusal::new(
+                            TriggerResult::StoreError,
+                            "the job's worker went away during admission; the trigger was not accepted",
+                        ));
+                    }
+                },
+                Decision::NewWorker { replace } => {
+                    let Some(h) = handler.take() else {
+                        drop(jobs);
+                        match self.build_handler(&t, &resolved) {
+                            Ok(h) => handler = Some(h),
+                            Err(r) => {
+                                self.forget(t.log_id);
+                                return Err(r);
+                            }
+                        }
+                        continue;
+                    };
+                    let old = match replace {
+                        Some(why) => jobs.remove(&t.job_id).map(|old| (old, why)),
+                        None => None,
+                    };
+                    let w = Worker::new(
+                        t.job_id,
+                        resolved.clone(),
+                        h,
+                        inner.busy_jobs.clone(),
+                    );
+                    jobs.insert(t.job_id, w.clone());
+                    push(&w, &mut admitted_rx);
+                    self.spawn_worker(w);
+                    break old.map(|(old, why)| {
+                        let queued = old.stop_with(why);
+                        (old, queued)
+                    });
+                }
+            }
+        };
+        if let Some((old, queued)) = victim {
+            self.kill_queued(&old, queued);
+        }
+        match inner.store.durable().await {
+            Ok(()) => {
+                let _ = admitted_tx.send(true);
+                Ok(TriggerResult::Accepted)
+            }
+            Err(e) => {
+                // The worker drops it when its turn comes: a refused trigger never runs.
+                let _ = admitted_tx.send(false);
+                self.store_failed("flush the journal before answering /run", &e);
+                Err(store_refusal(e))
+            }
+        }
+    }
+
+    fn insert_accepted(&self, t: &Trigger) -> Result<(), Refusal> {
+        self.inner.store.insert_accepted(t).map_err(|e| match e {
+            StoreError::Duplicate(_) => Refusal::repeat(t.log_id),
+            e => {
+                self.store_failed("write an accepted trigger to the journal", &e);
+                store_refusal(e)
+            }
+        })
+    }
+
+    /// Removes a trigger that was written to the journal but not accepted after all.
+    fn forget(&self, id: LogId) {
+        if let Err(e) = self.inner.store.forget_accepted(id) {
+            self.store_failed("remove a refused trigger from the journal", &e);
+        }
+    }
+
+    /// Idempotency fast path: a key that already succeeded needs no queue at all. The
+    /// acceptance is made durable before the outcome is recorded, so a flush that fails leaves
+    /// no callback behind for a trigger the admin was told was refused.
+    async fn duplicate_key(
+        &self,
+        t: &Trigger,
+        resolved: &Resolved,
+    ) -> Result<Option<TriggerResult>, Refusal> {
+        let Resolved::Bean { handler } = resolved else {
+            return Ok(None);
+        };
+        let Some((key, _)) = handler.key_for(t) else {
+            return Ok(None);
+        };
+        let check = self.inner.store.check_key_readonly(&key).map_err(|e| {
+            self.store_failed("check an idempotency key", &e);
+            store_refusal(e)
+        })?;
+        let KeyCheck::Succeeded(prev) = check else {
+            return Ok(None);
+        };
+        self.insert_accepted(t)?;
+        if let Err(e) = self.inner.store.durable().await {
+            self.forget(t.log_id);
+            self.store_failed("flush the journal before answering /run", &e);
+            return Err(store_refusal(e));
+        }
+        self.finish_duplicate(t, &key, prev);
+        Ok(Some(TriggerResult::DuplicateKey))
+    }
+
+    fn finish_duplicate(&self, t: &Trigger, key: &str, prev: LogId) {
+        let msg = format!(
+            "skipped: idempotency key \"{key}\" matches logId:{prev}, which succeeded; nothing was run"
+        );
+        self.inner
+            .logs
+            .open(t.log_id)
+            .note(&format!("xxl-edge: {msg}"));
+        self.record(t, &Outcome::success_with(msg), OutcomeKind::Duplicate, None);
+    }
+
+    /// Queued triggers of a stopped worker are called back as killed.
+    fn kill_queued(&self, w: &Worker, queued: Vec<Queued>) {
+        let reason = w.reason();
+        for q in queued {
+            self.inner.metrics.queued.dec();
+            self.inner.logs.open(q.trigger.log_id).stopped(&reason);
+            self.record(
+                &q.trigger,
+                &Outcome::fail(format!("{reason}{}", reason::QUEUED_SUFFIX)),
+                OutcomeKind::Killed,
+                None,
+            );
+        }
+    }
+
+    /// Records an outcome with its callback and wakes the reporter.
+    fn record(&self, t: &Trigger, outcome: &Outcome, kind: OutcomeKind, ran: Option<Duration>) {
+        let label = self.label(t);
+        let trace = crate::telemetry::traces::span_ref(&tracing::Span::current());
+        match self.inner.store.finish(t, outcome, kind, trace) {
+            Ok(true) => {
+                self.inner
+                    .metrics
+                    .runs
+                    .with_label_values(&[&label, kind.as_str()])
+                    .inc();
+                if let Some(d) = ran {
+                    self.inner
+                        .metrics
+                        .run_duration
+                        .with_label_values(&[&label])
+                        .observe(d.as_secs_f64());
+                }
+                self.inner.outbox_ready.notify_one();
+            }
+            Ok(false) => {}
+            Err(e) => self.store_failed(
+                "record a run's outcome (it will be reported as interrupted after a restart)",
+                &e,
+            ),
+        }
+    }
+
+    /// A store error the runner handles by refusing or failing a run: logged (and counted).
+    fn store_failed(&self, what: &str, e: &StoreError) {
+        tracing::error!(error = %e, "Cannot {what}.");
+    }
+
+    /// `/idleBeat`: true when the job runs or has queued triggers.
+    pub fn is_busy(&self, job: JobId) -> bool {
+        let w = lock(&self.inner.jobs).get(&job).cloned();
+        w.is_some_and(|w| w.busy())
+    }
+
+    /// `/kill`: stops the job's worker (its running and queued runs are called back as killed).
+    /// Returns false when the job had no worker.
+    pub fn kill(&self, job: JobId) -> bool {
+        self.stop_job(job, reason::KILL)
+    }
+
+    fn stop_job(&self, job: JobId, why: &str) -> bool {
+        let removed = lock(&self.inner.jobs).remove(&job);
+        match removed {
+            Some(w) => {
+                let queued = w.stop_with(why);
+                self.kill_queued(&w, queued);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn workers(&self) -> Vec<Arc<Worker>> {
+        lock(&self.inner.jobs).values().cloned().collect()
+    }
+
+    /// Runs executing now.
+    pub fn executing(&self) -> usize {
+        self.workers().iter().filter(|w| w.is_running()).count()
+    }
+
+    /// Triggers queued now.
+    pub fn queued(&self) -> usize {
+        self.workers().iter().map(|w| w.queue_len()).sum()
+    }
+
+    /// Graceful stop: refuse new triggers, let running work finish for up to `grace`, then kill
+    /// what is left with the reference's shutdown reason and wait for the workers to wind down.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.accepting.store(false, Ordering::Release);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && (self.executing() > 0 || self.queued() > 0) {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let jobs: Vec<JobId> = lock(&self.inner.jobs).keys().copied().collect();
+        for job in jobs {
+            self.stop_job(job, reason::SHUTDOWN);
+        }
+        self.inner.tracker.close();
+        let bound = self.inner.cfg.kill_grace + Duration::from_secs(2);
+        if tokio::time::timeout(bound, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("Some runs did not stop within the kill grace; their outcomes are recorded as killed.");
+        }
+    }
+}
+
+fn store_refusal(e: StoreError) -> Refusal {
+    match e {
+        StoreError::DiskFull { .. } => Refusal::new(TriggerResult::DiskFull, e.to_string()),
+        e => Refusal::new(
+            TriggerResult::StoreError,
+            format!("the run journal could not be written, so the trigger was not accepted: {e}"),
+        ),
+    }
+}

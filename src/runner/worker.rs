@@ -1,0 +1,438 @@
+//! A job's worker: its queue, its task, and the execution of one run under kill, timeout and
+//! shutdown (protocol §4.1, §4.3, §4.4).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::admission::JobView;
+use super::{lock, Resolved, Runner};
+use crate::handler::{Handler, JobContext, JobLog};
+use crate::job::{reason, JobId, LogId, Outcome, OutcomeKind, Trigger, CODE_TIMEOUT};
+use crate::store::{KeyCheck, StoreError};
+
+/// One job's worker. It lives in the runner's map until it is stopped or reclaimed.
+pub(super) struct Worker {
+    pub(super) job_id: JobId,
+    pub(super) resolved: Resolved,
+    handler: Handler,
+    state: Mutex<WorkerState>,
+    wake: Notify,
+    pub(super) stop: CancellationToken,
+    /// The runner's count of busy jobs in its map; this worker adds one while it is busy and
+    /// in the map (`WorkerState::counted`).
+    busy_jobs: Arc<AtomicUsize>,
+}
+
+#[derive(Default)]
+struct WorkerState {
+    queue: VecDeque<Queued>,
+    queued_ids: HashSet<LogId>,
+    running: Option<LogId>,
+    stop_reason: Option<String>,
+    /// This worker is counted in `busy_jobs`.
+    counted: bool,
+}
+
+impl WorkerState {
+    fn busy(&self) -> bool {
+        self.running.is_some() || !self.queue.is_empty()
+    }
+}
+
+/// A trigger waiting for its turn.
+pub(super) struct Queued {
+    pub(super) trigger: Trigger,
+    /// `/run` says here whether the acceptance reached the disk; `None` for triggers that were
+    /// accepted before (recovery). A trigger whose `/run` was refused is never run.
+    admitted: Option<oneshot::Receiver<bool>>,
+    accepted_at: Instant,
+    /// The `/run` request's span: the run's span is its child, so one trace per trigger.
+    span: tracing::Span,
+    /// Open while the trigger waits; closed when it starts.
+    wait_span: tracing::Span,
+}
+
+impl Queued {
+    pub(super) fn new(trigger: Trigger, admitted: Option<oneshot::Receiver<bool>>) -> Self {
+        let span = tracing::Span::current();
+        let wait_span = tracing::debug_span!(parent: &span, "job.queue", otel.kind = "internal");
+        Self {
+            trigger,
+            admitted,
+            accepted_at: Instant::now(),
+            span,
+            wait_span,
+        }
+    }
+}
+
+impl Worker {
+    pub(super) fn new(
+        job_id: JobId,
+        resolved: Resolved,
+        handler: Handler,
+        busy_jobs: Arc<AtomicUsize>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            job_id,
+            resolved,
+            handler,
+            state: Mutex::new(WorkerState::default()),
+            wake: Notify::new(),
+            stop: CancellationToken::new(),
+            busy_jobs,
+        })
+    }
+
+    /// Keeps `busy_jobs` in step with this worker's state; `in_map` is false once it has been
+    /// taken out of the runner's map (stopped or reclaimed).
+    fn recount(&self, st: &mut WorkerState, in_map: bool) {
+        let busy = in_map && st.busy();
+        if busy != st.counted {
+            st.counted = busy;
+            if busy {
+                self.busy_jobs.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.busy_jobs.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Admission's view of this worker.
+    pub(super) fn view(&self, log_id: LogId, same_handler: bool) -> JobView {
+        let st = lock(&self.state);
+        JobView {
+            same_handler,
+            busy: st.busy(),
+            queued: st.queue.len(),
+            holds_log_id: st.queued_ids.contains(&log_id),
+        }
+    }
+
+    /// Called under the runner's map lock with this worker in the map.
+    pub(super) fn push(&self, q: Queued) {
+        let mut st = lock(&self.state);
+        st.queued_ids.insert(q.trigger.log_id);
+        st.queue.push_back(q);
+        self.recount(&mut st, true);
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Stops the worker and hands back its queued triggers (to be called back as killed).
+    /// Called once the worker is out of the runner's map.
+    pub(super) fn stop_with(&self, why: &str) -> Vec<Queued> {
+        let mut st = lock(&self.state);
+        if st.stop_reason.is_none() {
+            st.stop_reason = Some(why.to_string());
+        }
+        st.queued_ids.clear();
+        let q: Vec<Queued> = st.queue.drain(..).collect();
+        self.recount(&mut st, false);
+        drop(st);
+        self.stop.cancel();
+        q
+    }
+
+    pub(super) fn reason(&self) -> String {
+        lock(&self.state).stop_reason.clone().unwrap_or_default()
+    }
+
+    pub(super) fn busy(&self) -> bool {
+        lock(&self.state).busy()
+    }
+
+    pub(super) fn is_running(&self) -> bool {
+        lock(&self.state).running.is_some()
+    }
+
+    pub(super) fn queue_len(&self) -> usize {
+        lock(&self.state).queue.len()
+    }
+}
+
+enum End {
+    Done(Result<Outcome, tokio::task::JoinError>),
+    Timeout,
+    Stopped,
+}
+
+impl Runner {
+    pub(super) fn spawn_worker(&self, w: Arc<Worker>) {
+        let me = self.clone();
+        self.inner.tracker.spawn(async move { me.work(w).await });
+    }
+
+    async fn work(self, w: Arc<Worker>) {
+        let idle = self.inner.cfg.idle_reclaim;
+        loop {
+            let next = {
+                let mut st = lock(&w.state);
+                if st.stop_reason.is_some() {
+                    break;
+                }
+                let q = st.queue.pop_front();
+                if let Some(q) = &q {
+                    st.queued_ids.remove(&q.trigger.log_id);
+                    st.running = Some(q.trigger.log_id);
+                }
+                q
+            };
+            match next {
+                Some(q) => {
+                    self.inner.metrics.queued.dec();
+                    let mut q = q;
+                    if self.admitted(&mut q).await {
+                        self.run_one(&w, q).await;
+                    }
+                    let jobs = lock(&self.inner.jobs);
+                    let in_map = jobs.get(&w.job_id).is_some_and(|cur| Arc::ptr_eq(cur, &w));
+                    let mut st = lock(&w.state);
+                    st.running = None;
+                    w.recount(&mut st, in_map);
+                }
+                None => {
+                    tokio::select! {
+                        () = w.wake.notified() => {}
+                        () = w.stop.cancelled() => {}
+                        () = tokio::time::sleep(idle) => {
+                            if self.reclaim(&w) {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for `/run` to know whether the acceptance is on disk. A refused trigger is dropped
+    /// (and taken out of the journal); one whose request went away before it knew is run only
+    /// once a flush has succeeded.
+    async fn admitted(&self, q: &mut Queued) -> bool {
+        let Some(rx) = q.admitted.take() else {
+            return true;
+        };
+        let ok = match rx.await {
+            Ok(ok) => ok,
+            Err(_) => self.inner.store.durable().await.is_ok(),
+        };
+        if !ok {
+            self.forget(q.trigger.log_id);
+        }
+        ok
+    }
+
+    /// Removes an idle worker from the map; false when a trigger raced in.
+    fn reclaim(&self, w: &Arc<Worker>) -> bool {
+        let mut jobs = lock(&self.inner.jobs);
+        let mut st = lock(&w.state);
+        if st.busy() {
+            return false;
+        }
+        if jobs.get(&w.job_id).is_some_and(|cur| Arc::ptr_eq(cur, w)) {
+            jobs.remove(&w.job_id);
+        }
+        st.stop_reason = Some("excutor idle times over limit.".into());
+        true
+    }
+
+    async fn run_one(&self, w: &Worker, q: Queued) {
+        use tracing::Instrument;
+        let Queued {
+            trigger,
+            accepted_at,
+            span,
+            wait_span,
+            ..
+        } = q;
+        drop(wait_span);
+        let run_span = tracing::debug_span!(
+            parent: &span,
+            "job.run",
+            otel.kind = "internal",
+            otel.status_code = tracing::field::Empty,
+            xxl.job.id = trigger.job_id.0,
+            xxl.job.log_id = trigger.log_id.0,
+            xxl.job.handler = trigger.bean_handler(),
+            xxl.job.glue_type = trigger.glue.type_name(),
+            xxl.job.block_strategy = trigger.block.as_str(),
+            xxl.job.shard_index = trigger.shard_index,
+            xxl.job.shard_total = trigger.shard_total,
+            xxl.job.outcome.code = tracing::field::Empty,
+            xxl.job.outcome = tracing::field::Empty,
+        );
+        self.run_traced(w, trigger, accepted_at, run_span.clone())
+            .instrument(run_span)
+            .await;
+    }
+
+    /// Everything the journal needs before a handler may start: the idempotency key, the
+    /// "running" mark, and both on disk. `Err` fails the run without starting it; `Ok(false)`
+    /// means the key matched a success and the run was recorded as a duplicate.
+    async fn prepare_run(&self, w: &Worker, t: &Trigger) -> Result<bool, (&'static str, StoreError)> {
+        let store = &self.inner.store;
+        let key = w.handler.key_for(t);
+        if let Some((k, ttl)) = &key {
+            match store.check_key(k, t.log_id, *ttl) {
+                Ok(KeyCheck::Succeeded(prev)) => {
+                    self.finish_duplicate(t, k, prev);
+                    return Ok(false);
+                }
+                Ok(_) => {}
+                Err(e) => return Err(("check its idempotency key", e)),
+            }
+        }
+        store
+            .mark_running(t.log_id, key.map(|(k, _)| k))
+            .map_err(|e| ("mark it started", e))?;
+        // "Running" must be on disk before the handler starts: that is what makes a crash
+        // during the run end in an "interrupted" callback instead of a second execution.
+        store
+            .durable()
+            .await
+            .map_err(|e| ("flush its start to disk", e))?;
+        Ok(true)
+    }
+
+    async fn run_traced(&self, w: &Worker, t: Trigger, accepted_at: Instant, span: tracing::Span) {
+        let inner = &self.inner;
+        let label = self.label(&t);
+        inner
+            .metrics
+            .queue_wait
+            .with_label_values(&[&label])
+            .observe(accepted_at.elapsed().as_secs_f64());
+        let log = inner.logs.open(t.log_id);
+        match self.prepare_run(w, &t).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err((what, e)) => {
+                self.store_failed(&format!("{what} before a run"), &e);
+                let msg = format!(
+                    "xxl-edge could not {what} in its run journal, so the handler was not run: {e}"
+                );
+                log.note(&msg);
+                let outcome = Outcome::fail(msg);
+                log.end(&outcome);
+                self.record(&t, &outcome, OutcomeKind::Failed, None);
+                return;
+            }
+        }
+        if w.stop.is_cancelled() {
+            // Stopped while its acceptance was being flushed: it was taken, so it is the
+            // "running" one of the stopped worker; the handler is not started.
+            let reason = w.reason();
+            log.stopped(&reason);
+            let outcome = Outcome::fail(format!("{reason}{}", reason::RUNNING_SUFFIX));
+            log.end(&outcome);
+            self.record(&t, &outcome, OutcomeKind::Killed, None);
+            return;
+        }
+        inner.metrics.executing.inc();
+        // The trace id first, so the admin's log view leads to the trace.
+        if let Some(r) = crate::telemetry::traces::span_ref(&span) {
+            log.trace_id(r.split('-').next().unwrap_or(""));
+        }
+        log.start(t.params.as_deref());
+        let started = Instant::now();
+        let cancel = w.stop.child_token();
+        let ctx = JobContext::new(&t, JobLog::new(Arc::new(log.clone())), cancel.clone());
+        let mut task: JoinHandle<Outcome> = tokio::spawn(tracing::Instrument::instrument(
+            w.handler.call(ctx),
+            span.clone(),
+        ));
+
+        let timeout = t.timeout;
+        let end = tokio::select! {
+            r = &mut task => End::Done(r),
+            () = async {
+                match timeout {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            } => End::Timeout,
+            () = w.stop.cancelled() => End::Stopped,
+        };
+        let grace = inner.cfg.kill_grace;
+        let (mut outcome, mut kind) = match end {
+            End::Done(Ok(o)) => {
+                let o = o.normalized();
+                let k = if o.is_success() {
+                    OutcomeKind::Success
+                } else {
+                    OutcomeKind::Failed
+                };
+                (o, k)
+            }
+            End::Done(Err(e)) => {
+                let msg = panic_message(e);
+                log.exception(&msg);
+                (Outcome::fail(msg), OutcomeKind::Failed)
+            }
+            End::Timeout => {
+                log.timeout();
+                cancel.cancel();
+                wind_down(task, grace).await;
+                (
+                    Outcome::code(CODE_TIMEOUT, Some(reason::TIMEOUT.into())),
+                    OutcomeKind::Timeout,
+                )
+            }
+            End::Stopped => {
+                wind_down(task, grace).await;
+                (Outcome::success(), OutcomeKind::Killed)
+            }
+        };
+        if w.stop.is_cancelled() {
+            // Killed or replaced: the reference reports the stop reason even if the handler
+            // happened to finish at the same moment.
+            let reason = w.reason();
+            log.stopped(&reason);
+            outcome = Outcome::fail(format!("{reason}{}", reason::RUNNING_SUFFIX));
+            kind = OutcomeKind::Killed;
+        }
+        log.end(&outcome);
+        inner.metrics.executing.dec();
+        span.record("xxl.job.outcome.code", outcome.code);
+        span.record("xxl.job.outcome", kind.as_str());
+        if !outcome.is_success() {
+            span.record("otel.status_code", "ERROR");
+        }
+        self.record(&t, &outcome, kind, Some(started.elapsed()));
+        // Not waited for: the next group commit carries it (the reporter waits for one before
+        // it sends the callback), and a crash before then reports the run as interrupted,
+        // never as run twice.
+        inner.store.flush_soon();
+    }
+}
+
+/// Gives a cancelled handler the kill grace (plus a margin for a command's SIGKILL) to return,
+/// then aborts it; an aborted command's process group is killed by its drop guard.
+async fn wind_down(mut task: JoinHandle<Outcome>, grace: Duration) {
+    let bound = grace + Duration::from_secs(1);
+    if tokio::time::timeout(bound, &mut task).await.is_err() {
+        task.abort();
+        let _ = task.await;
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    if e.is_cancelled() {
+        return "job handler was cancelled".into();
+    }
+    let payload = e.into_panic();
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".into());
+    format!("job handler panicked: {text}")
+}
