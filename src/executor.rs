@@ -375,7 +375,9 @@ async fn maintain(
         let size = tokio::task::spawn_blocking(move || s.size_on_disk())
             .await
             .unwrap_or(0);
-        metrics.store_size.set(i64::try_from(size).unwrap_or(i64::MAX));
+        metrics
+            .store_size
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
         if (size > config.store.max_bytes) != over_budget {
             over_budget = !over_budget;
             if over_budget {

@@ -50,8 +50,8 @@ pub mod handler;
 pub mod job;
 pub mod registry;
 pub mod report;
-pub mod runner;
 mod runlog;
+pub mod runner;
 pub mod store;
 pub mod telemetry;
 

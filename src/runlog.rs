@@ -125,7 +125,10 @@ impl Drop for LogInner {
         if let Some(shared) = self.shared.upgrade() {
             let mut live = lock(&shared.live);
             // A newer handle may have replaced this one after the last strong reference went.
-            if live.get(&self.log_id).is_some_and(|w| w.strong_count() == 0) {
+            if live
+                .get(&self.log_id)
+                .is_some_and(|w| w.strong_count() == 0)
+            {
                 live.remove(&self.log_id);
             }
         }
@@ -211,7 +214,9 @@ impl RunLog {
 
     /// The job's worker was stopped (kill, replacement, shutdown).
     pub(crate) fn stopped(&self, reason: &str) {
-        self.system(&format!("<br>----------- JobThread toStop, stopReason:{reason}"));
+        self.system(&format!(
+            "<br>----------- JobThread toStop, stopReason:{reason}"
+        ));
     }
 
     /// An xxl-edge line of its own (restart, skipped duplicate, store failure).
@@ -227,7 +232,9 @@ impl RunLog {
     /// No admin took the callback (yet); `rejected` when one answered with an error code.
     pub(crate) fn callback_failed(&self, rejected: bool, error: &str) {
         if rejected {
-            self.system(&format!("<br>----------- xxl-job job callback fail, {error}"));
+            self.system(&format!(
+                "<br>----------- xxl-job job callback fail, {error}"
+            ));
         } else {
             self.system(&format!(
                 "<br>----------- xxl-job job callback error, errorMsg:{error}"

@@ -84,3 +84,115 @@ async fn a_full_disk_refuses_new_runs_keeps_accepted_ones_and_recovers() {
     assert_eq!(admin.callback(3).await["handleCode"], 200);
     ex.shutdown().await;
 }
+
+/// Runs a test whose store ends up failed on a runtime that is never dropped: sled 0.34 waits
+/// forever in its final flush once a write has failed (issue 8: a storage fault must heal or end
+/// the process), and dropping the executor would hang the test binary.
+fn on_a_leaked_runtime(f: impl std::future::Future<Output = ()>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(f);
+    std::mem::forget(rt);
+}
+
+/// Fills the file system to the last byte (the executor's own threshold is off in these tests,
+/// so that the store itself meets the full disk).
+fn fill_up(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..1024 {
+        if f.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    // The last partial chunk, byte-sized pieces.
+    for _ in 0..(1 << 20) {
+        if f.write_all(&[0u8; 512]).is_err() {
+            break;
+        }
+    }
+    path
+}
+
+/// Issue 9 #1: marking a run started (or flushing that mark) failed, and the handler ran anyway,
+/// unprotected; a crash then ran it twice. A store error before a run now fails the run.
+#[test]
+fn a_store_error_before_a_run_fails_it_instead_of_running_it() {
+    on_a_leaked_runtime(async {
+        let mnt = tempfile::tempdir().unwrap();
+        let Some(_fs) = Tmpfs::mount(mnt.path(), "32m") else {
+            panic!("cannot mount a tmpfs here: this test needs root, as on the project's machines and CI");
+        };
+        let admin = FakeAdmin::start().await;
+        let probe = Probe::new();
+        let data = mnt.path().join("data");
+        let mut cfg = test_config(&data, &admin.url(), "cache_bytes = 1048576\n");
+        cfg.store.min_free_bytes = 0;
+        let ex = TestExecutor::start(sample_handlers(
+            xxl_edge::Executor::builder().config(cfg),
+            &probe,
+        ))
+        .await;
+        assert_eq!(ex.run(1, "gateJobHandler", 1, json!({})).await, ok());
+        probe.started(1).await;
+        // Accepted (on disk) while the disk still had room; it waits behind run 1. Its large
+        // params make the "running" mark a write that cannot fit in pages sled already has.
+        let big = "p".repeat(2 << 20);
+        assert_eq!(
+            ex.run(1, "gateJobHandler", 2, json!({ "executorParams": big }))
+                .await,
+            ok()
+        );
+        let _filler = fill_up(mnt.path());
+        probe.gate.notify_one();
+        let log = ex.log_contains(2, "so the handler was not run").await;
+        assert!(log.contains("Result: handleCode=500"), "{log}");
+        // The handler of run 2 never started.
+        assert!(!probe.started_so_far().contains(&2), "run 2 must not start");
+    });
+}
+
+/// Issue 9 #12: the first /run of a new jobId while the journal flush failed was answered 500
+/// "not accepted", but its worker had already taken it and ran it.
+#[test]
+fn a_trigger_refused_because_the_flush_failed_never_runs() {
+    on_a_leaked_runtime(async {
+        let mnt = tempfile::tempdir().unwrap();
+        let Some(_fs) = Tmpfs::mount(mnt.path(), "32m") else {
+            panic!("cannot mount a tmpfs here: this test needs root, as on the project's machines and CI");
+        };
+        let admin = FakeAdmin::start().await;
+        let probe = Probe::new();
+        let data = mnt.path().join("data");
+        let mut cfg = test_config(&data, &admin.url(), "cache_bytes = 1048576\n");
+        cfg.store.min_free_bytes = 0;
+        let ex = TestExecutor::start(sample_handlers(
+            xxl_edge::Executor::builder().config(cfg),
+            &probe,
+        ))
+        .await;
+        let _filler = fill_up(mnt.path());
+        let big = "p".repeat(2 << 20);
+        let r = ex
+            .run(5, "gateJobHandler", 50, json!({ "executorParams": big }))
+            .await;
+        assert_eq!(r["code"], 500, "{r}");
+        let msg = r["msg"].as_str().unwrap();
+        assert!(msg.contains("not accepted"), "{msg}");
+        // The job's worker has let go of it once the job is idle again.
+        let deadline = tokio::time::Instant::now() + GUARD;
+        while ex.post("/idleBeat", r#"{"jobId":5}"#).await["code"] != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "job 5 stays busy");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(
+            !probe.started_so_far().contains(&50),
+            "a refused trigger must not run"
+        );
+    });
+}

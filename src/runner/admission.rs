@@ -199,7 +199,12 @@ mod tests {
             let got = decide(job, &trigger(block, false), 0, LIMITS);
             assert_eq!(got, want, "{block:?} {job:?}");
         }
-        let d = decide(view(true, true, 0), &trigger(DiscardLater, false), 0, LIMITS);
+        let d = decide(
+            view(true, true, 0),
+            &trigger(DiscardLater, false),
+            0,
+            LIMITS,
+        );
         assert_eq!(refused(&d), Some(TriggerResult::Discarded));
         let Decision::Refuse(r) = d else {
             unreachable!()

@@ -322,12 +322,7 @@ impl Runner {
                         Some(why) => jobs.remove(&t.job_id).map(|old| (old, why)),
                         None => None,
                     };
-                    let w = Worker::new(
-                        t.job_id,
-                        resolved.clone(),
-                        h,
-                        inner.busy_jobs.clone(),
-                    );
+                    let w = Worker::new(t.job_id, resolved.clone(), h, inner.busy_jobs.clone());
                     jobs.insert(t.job_id, w.clone());
                     push(&w, &mut admitted_rx);
                     self.spawn_worker(w);

@@ -277,7 +277,11 @@ impl Runner {
     /// Everything the journal needs before a handler may start: the idempotency key, the
     /// "running" mark, and both on disk. `Err` fails the run without starting it; `Ok(false)`
     /// means the key matched a success and the run was recorded as a duplicate.
-    async fn prepare_run(&self, w: &Worker, t: &Trigger) -> Result<bool, (&'static str, StoreError)> {
+    async fn prepare_run(
+        &self,
+        w: &Worker,
+        t: &Trigger,
+    ) -> Result<bool, (&'static str, StoreError)> {
         let store = &self.inner.store;
         let key = w.handler.key_for(t);
         if let Some((k, ttl)) = &key {

@@ -251,6 +251,17 @@ impl Probe {
         }
     }
 
+    /// The runs whose gated handler has started and that no test awaited yet (no waiting).
+    pub fn started_so_far(&self) -> Vec<i64> {
+        let mut out = Vec::new();
+        if let Ok(mut rx) = self.started_rx.try_lock() {
+            while let Ok(id) = rx.try_recv() {
+                out.push(id);
+            }
+        }
+        out
+    }
+
     /// Waits until a gated handler started the run `log_id`.
     pub async fn started(&self, log_id: i64) {
         let mut rx = self.started_rx.lock().await;
