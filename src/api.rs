@@ -17,7 +17,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use crate::admin::wire::{JobIdParam, LogParam, LogResult, ReturnT, TriggerParam};
-use crate::config::ServerConfig;
+use crate::config::{Secret, ServerConfig};
 use crate::job::{JobId, LogId, Trigger};
 use crate::registry::RegistrationStatus;
 use crate::runner::{Refusal, Runner};
@@ -34,7 +34,7 @@ pub struct ApiState {
     /// Metrics.
     pub metrics: Metrics,
     /// Expected token; empty disables the check.
-    pub token: String,
+    pub token: Secret,
     /// Limits.
     pub limits: ServerConfig,
     /// Serve `/metrics` on this port.
@@ -250,7 +250,7 @@ where
     if method != Method::POST {
         return Err(ApiError::Method);
     }
-    if !token_ok(&s.token, token) {
+    if !token_ok(s.token.expose(), token) {
         return Err(ApiError::Token);
     }
     let route = match target {

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use xxl_edge::admin::wire::{ExecutorReply, LogParam, LogResult, TriggerParam};
 use xxl_edge::admin::TOKEN_HEADER;
-use xxl_edge::config::{Config, ConfigError, Env, Overrides};
+use xxl_edge::config::{Config, ConfigError, Env, Overrides, Secret};
 use xxl_edge::executor::SNAPSHOT_FILE;
 use xxl_edge::job::{BlockStrategy, Glue, JobId, LogId, Trigger};
 use xxl_edge::store::{Store, StoreError};
@@ -53,7 +53,7 @@ struct ConfigArgs {
     admin: Vec<String>,
     /// Access token shared with the admin; overrides admin.access_token and XXL_JOB_ACCESS_TOKEN.
     #[arg(long, value_name = "TOKEN")]
-    token: Option<String>,
+    token: Option<Secret>,
     /// Appname registered with the admin; overrides executor.app_name.
     #[arg(long, value_name = "NAME")]
     app_name: Option<String>,
@@ -115,7 +115,7 @@ struct TriggerArgs {
         env = "XXL_JOB_ACCESS_TOKEN",
         hide_env_values = true
     )]
-    token: Option<String>,
+    token: Option<Secret>,
     /// Give up following the log after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     wait: u64,
@@ -283,40 +283,20 @@ async fn shutdown_signal() {
 
 fn print_config(c: &Config) {
     println!("configuration is valid");
-    println!("admin.addresses       = {:?}", c.admin.addresses);
+    for (key, value) in c.summary() {
+        println!("{key} = {value}");
+    }
     println!(
-        "admin.access_token    = {}",
-        if c.admin.access_token.is_empty() {
-            "(none)"
-        } else {
-            "(set)"
-        }
-    );
-    println!("admin.timeout_secs    = {}", c.admin.timeout.as_secs_f64());
-    println!("executor.app_name     = {}", c.executor.app_name);
-    println!(
-        "executor.listen       = {}:{}",
-        c.executor.listen, c.executor.port
-    );
-    println!(
-        "executor.address      = {}",
+        "registered address = {}",
         c.executor.registered_address(c.executor.port)
     );
-    println!("executor.data_dir     = {}", c.executor.data_dir.display());
-    println!("runner.max_running    = {}", c.runner.max_running);
-    println!("runner.max_queue_per_job = {}", c.runner.max_queue_per_job);
     println!(
-        "store.durability      = {}",
+        "store durability = {}",
         match c.store.flush_every {
             None => "safe (every acknowledgement is flushed, group commit)".to_string(),
             Some(d) => format!("relaxed (flush every {} ms)", d.as_millis()),
         }
     );
-    let glue: Vec<_> = c.glue_enabled.iter().map(|g| g.config_name()).collect();
-    println!("glue.enabled          = {glue:?}");
-    for (name, h) in &c.handlers {
-        println!("handlers.{name}.command = {:?}", h.command);
-    }
 }
 
 async fn trigger(a: TriggerArgs) -> ExitCode {
@@ -360,7 +340,7 @@ async fn trigger(a: TriggerArgs) -> ExitCode {
     let token = a.token.clone().unwrap_or_default();
     let post = |path: &str, body: String| {
         http.post(format!("{base}{path}"))
-            .header(TOKEN_HEADER, &token)
+            .header(TOKEN_HEADER, token.expose())
             .header("Content-Type", "application/json;charset=UTF-8")
             .body(body)
             .send()

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::AdminConfig;
+use crate::config::{AdminConfig, Secret};
 use crate::telemetry::Metrics;
 use wire::{AdminReply, HandleCallbackParam, RegistryParam};
 
@@ -64,7 +64,8 @@ struct Admin {
 pub struct AdminClient {
     http: reqwest::Client,
     admins: Arc<Vec<Admin>>,
-    token: String,
+    /// Sent on every call; `Secret` keeps it out of this client's `Debug`.
+    token: Secret,
     metrics: Metrics,
     /// Index of the admin that took the last callback batch, to log failovers once.
     callback_admin: Arc<std::sync::atomic::AtomicUsize>,
@@ -237,7 +238,7 @@ impl AdminClient {
             .http
             .post(&url)
             .header("Content-Type", "application/json;charset=UTF-8")
-            .header(TOKEN_HEADER, &self.token)
+            .header(TOKEN_HEADER, self.token.expose())
             .body(json)
             .send()
             .await
@@ -272,4 +273,54 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::config::Config;
+
+    const TOKEN: &str = "s3cr3t-admin-token";
+
+    /// Answers one request with the admin's success envelope and hands back the request's head.
+    async fn one_admin_reply(listener: tokio::net::TcpListener) -> String {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Bounded: the head of one small request.
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 64 * 1024 {
+            let n = conn.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "client closed before its request head ended");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = r#"{"code":200,"msg":null}"#;
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(reply.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    #[tokio::test]
+    async fn the_token_is_sent_but_never_printed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut cfg = Config::defaults().admin;
+        cfg.addresses = vec![format!("http://{}", listener.local_addr().unwrap())];
+        cfg.access_token = Secret::new(TOKEN);
+        let client = AdminClient::new(&cfg, Metrics::new().unwrap()).unwrap();
+        assert!(!format!("{client:?}").contains(TOKEN));
+        assert!(!format!("{cfg:?}").contains(TOKEN));
+
+        let admin = tokio::spawn(one_admin_reply(listener));
+        let p = RegistryParam::executor("app", "http://127.0.0.1:9999/");
+        client.registry(0, &p).await.unwrap();
+        let head = admin.await.unwrap().to_ascii_lowercase();
+        assert!(
+            head.contains(&format!("xxl-job-access-token: {TOKEN}")),
+            "{head}"
+        );
+    }
 }

@@ -1,0 +1,71 @@
+//! `[admin]`: where the admin is and how to talk to it.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::check::Check;
+use super::layers::{EnvVar, Kind};
+use super::Secret;
+
+/// The default admin address, as in the reference's sample config.
+pub(super) const DEFAULT_ADMIN: &str = "http://127.0.0.1:8080/xxl-job-admin";
+
+pub(super) const ENV: &[EnvVar] = &[
+    EnvVar::new("XXL_JOB_ADMIN_ADDRESSES", "admin.addresses", Kind::List),
+    EnvVar::new("XXL_JOB_ACCESS_TOKEN", "admin.access_token", Kind::Text),
+    EnvVar::new("XXL_JOB_ADMIN_TIMEOUT", "admin.timeout_secs", Kind::Secs),
+];
+
+/// `[admin]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Raw {
+    addresses: Option<Vec<String>>,
+    access_token: Option<Secret>,
+    timeout_secs: Option<f64>,
+}
+
+/// Admin connection settings.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Admin base URLs, trailing `/` removed.
+    pub addresses: Vec<String>,
+    /// The shared token; empty means none. Never printed.
+    pub access_token: Secret,
+    /// Connect and read timeout for calls to the admin.
+    pub timeout: Duration,
+}
+
+impl Raw {
+    pub(super) fn convert(self, c: &mut Check) -> AdminConfig {
+        let addresses: Vec<String> = self
+            .addresses
+            .unwrap_or_else(|| vec![DEFAULT_ADMIN.to_string()])
+            .into_iter()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .map(|a| a.trim_end_matches('/').to_string())
+            .collect();
+        for a in &addresses {
+            let ok = a
+                .strip_prefix("http://")
+                .or_else(|| a.strip_prefix("https://"))
+                .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+            if !ok || a.contains(',') || a.contains(char::is_whitespace) {
+                c.problem(
+                    "admin.addresses",
+                    format!("\"{a}\" is not an http:// or https:// URL"),
+                );
+            }
+        }
+        c.show("admin.addresses", format!("{addresses:?}"));
+        let access_token = self.access_token.unwrap_or_default();
+        c.show("admin.access_token", &access_token);
+        AdminConfig {
+            addresses,
+            access_token,
+            timeout: c.secs("admin.timeout_secs", self.timeout_secs, 3.0, 0.1..=600.0),
+        }
+    }
+}
