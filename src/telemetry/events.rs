@@ -76,9 +76,9 @@ impl Op {
     }
 }
 
-/// Counts one internal error; the counting half of [`internal_error!`](crate::telemetry::events::internal_error).
-/// Call the macro instead, so the error is logged too.
-pub fn count(metrics: &Metrics, op: Op) {
+/// Counts one internal error: the counting half of the `internal_error!` macro, which callers
+/// use instead so that the error is logged too.
+pub(crate) fn count(metrics: &Metrics, op: Op) {
     metrics
         .internal_errors
         .with_label_values(&[op.as_str()])
