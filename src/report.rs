@@ -1,6 +1,6 @@
 //! Durable callback delivery: the outbox is sent to the admins in FIFO batches of at most 50, and
 //! an entry is deleted only when an admin answers `code == 200`. While no admin does, delivery
-//! backs off (capped) and the outbox keeps growing on disk; nothing is dropped.
+//! backs off (capped, jittered) and the outbox keeps growing on disk; nothing is dropped.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,40 +14,99 @@ use crate::admin::wire::HandleCallbackParam;
 use crate::admin::AdminClient;
 use crate::runlog::RunLogs;
 use crate::store::Store;
+use crate::telemetry::events::{internal_error, Op};
 use crate::telemetry::Metrics;
 
 /// Most callbacks in one request, as the 3.4.1+ reference sends them.
 pub const MAX_BATCH: usize = 50;
 
-/// Retry delays: doubling from `initial` up to `max`.
-#[derive(Debug, Clone, Copy)]
+/// Retry delays: a nominal delay doubling from `initial` up to `max`, each delay drawn at random
+/// between half the nominal delay and all of it ("equal jitter").
+///
+/// Without jitter every executor that saw the same admin outage retries at the same instants,
+/// so the admin comes back to a wave of callbacks each time; with it the fleet spreads over half
+/// the delay. Equal rather than full jitter (0 to the nominal delay) so that no executor retries
+/// a failing admin sooner than half the nominal delay.
+///
+/// The generator lives in the value (no global state), seeded from the OS's hash keys, the time
+/// and the pid; [`Backoff::seeded`] makes it deterministic for tests. Not `Copy`: a copy would
+/// repeat the same draws.
+#[derive(Debug, Clone)]
 pub struct Backoff {
     initial: Duration,
     max: Duration,
     current: Duration,
+    rng: SplitMix64,
 }
 
 impl Backoff {
-    /// A backoff; `max` is at least `initial`.
+    /// A backoff seeded differently in every process; `max` is at least `initial`.
     pub fn new(initial: Duration, max: Duration) -> Self {
+        Self::seeded(initial, max, entropy())
+    }
+
+    /// A backoff whose delays are a function of `seed`.
+    pub fn seeded(initial: Duration, max: Duration, seed: u64) -> Self {
         Self {
             initial,
             max: max.max(initial),
             current: initial,
+            rng: SplitMix64(seed),
         }
     }
 
-    /// The next delay.
+    /// The next delay: whole milliseconds in `[nominal / 2, nominal]`, the nominal delay
+    /// doubling up to `max`.
     pub fn next_delay(&mut self) -> Duration {
-        let d = self.current;
+        let nominal = ms(self.current);
         self.current = (self.current * 2).min(self.max);
-        d
+        let low = nominal / 2;
+        let spread = nominal - low;
+        // The modulo's bias is below 2^-30 for any spread under 2^34 ms (six months).
+        let jitter = match spread.checked_add(1) {
+            Some(n) => self.rng.next_u64() % n,
+            None => self.rng.next_u64(),
+        };
+        Duration::from_millis(low + jitter)
     }
 
     /// Back to the initial delay after a success.
     pub fn reset(&mut self) {
         self.current = self.initial;
     }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014): a few lines, statistically good enough to spread
+/// retries, and no dependency. Not for anything secret.
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// A seed that differs between processes and between executors started at the same instant:
+/// std's `RandomState` keys come from the OS's random source; the time and pid are mixed in
+/// for platforms where they do not.
+fn entropy() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.write_u128(now.as_nanos());
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// Sends the outbox until cancelled.
@@ -89,6 +148,12 @@ impl Reporter {
             noted: HashSet::new(),
             failing_since: None,
         }
+    }
+
+    /// Replaces the default backoff (500 ms doubling to 30 s, randomly seeded).
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
     }
 
     /// Delivers until `stop` is cancelled.
@@ -143,7 +208,12 @@ impl Reporter {
         let batch = match self.store.outbox_batch(MAX_BATCH) {
             Ok(b) => b,
             Err(e) => {
-                tracing::error!(error = %e, "Cannot read the callback outbox.");
+                internal_error!(
+                    self.metrics,
+                    Op::OutboxRead,
+                    e,
+                    "Cannot read the callback outbox."
+                );
                 return Some(false);
             }
         };
@@ -155,7 +225,12 @@ impl Reporter {
         // report the run a second time as interrupted (the soak test caught exactly this).
         // The flush is shared with concurrent `/run`s, so it costs one per batch at most.
         if let Err(e) = self.store.synced().await {
-            tracing::error!(error = %e, "Cannot flush the journal; callbacks wait until it can be flushed.");
+            internal_error!(
+                self.metrics,
+                Op::Flush,
+                e,
+                "Cannot flush the journal; callbacks wait until it can be flushed."
+            );
             return Some(false);
         }
         let params: Vec<HandleCallbackParam> = batch
@@ -185,10 +260,24 @@ impl Reporter {
                 // an acknowledged callback must not come back after a crash (the "finish" log
                 // line below means "durably acknowledged").
                 if let Err(e) = self.store.ack(&batch) {
-                    tracing::error!(error = %e, "Callbacks were delivered but cannot be removed from the outbox; they may be sent once more.");
+                    internal_error!(
+                        self.metrics,
+                        Op::OutboxAck,
+                        e,
+                        "Callbacks were delivered but cannot be removed from the outbox; they may be sent once more."
+                    );
                 } else if let Err(e) = self.store.synced().await {
-                    tracing::warn!(error = %e, "Cannot flush the outbox after a delivery; a crash now may send these callbacks once more.");
+                    internal_error!(
+                        self.metrics,
+                        Op::Flush,
+                        e,
+                        "Cannot flush the outbox after a delivery; a crash now may send these callbacks once more."
+                    );
                 }
+                self.metrics
+                    .callback_attempts
+                    .with_label_values(&["ok"])
+                    .inc();
                 self.metrics
                     .callbacks
                     .with_label_values(&["delivered"])
@@ -210,10 +299,12 @@ impl Reporter {
                 Some(true)
             }
             Err(e) => {
+                // Per batch, not per callback: a retried callback is not a new failure, and
+                // `callbacks_total` counts it once when it is delivered.
                 self.metrics
-                    .callbacks
+                    .callback_attempts
                     .with_label_values(&["failed"])
-                    .inc_by(n);
+                    .inc();
                 if self.failing_since.is_none() {
                     self.failing_since = Some(Instant::now());
                     tracing::warn!(error = %e, backlog = self.store.outbox_len(), "Callback delivery failed; retrying with backoff, the outbox keeps every callback on disk.");
@@ -240,13 +331,160 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::{BlockStrategy, Glue, JobId, LogId, Outcome, OutcomeKind, Trigger};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn delays(b: &mut Backoff, n: usize) -> Vec<u64> {
+        (0..n).map(|_| ms(b.next_delay())).collect()
+    }
 
     #[test]
-    fn backoff_doubles_to_its_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(2));
-        let d: Vec<_> = (0..5).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(d, vec![500, 1000, 2000, 2000, 2000]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(500));
+    fn backoff_draws_within_half_to_all_of_a_doubling_nominal_delay_and_resets() {
+        for seed in 0..200 {
+            let mut b = Backoff::seeded(Duration::from_millis(500), Duration::from_secs(4), seed);
+            let d = delays(&mut b, 7);
+            let nominal = [500, 1000, 2000, 4000, 4000, 4000, 4000];
+            for (got, n) in d.iter().zip(nominal) {
+                assert!(
+                    (n / 2..=n).contains(got),
+                    "seed {seed}: {got} ms for {n}: {d:?}"
+                );
+            }
+            b.reset();
+            assert!((250..=500).contains(&ms(b.next_delay())), "seed {seed}");
+        }
+        // `max` below `initial` is raised to it; a zero delay stays zero.
+        let mut b = Backoff::seeded(Duration::from_secs(2), Duration::from_secs(1), 1);
+        assert!(delays(&mut b, 3).iter().all(|d| (1000..=2000).contains(d)));
+        let mut b = Backoff::seeded(Duration::ZERO, Duration::ZERO, 1);
+        assert_eq!(delays(&mut b, 3), vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn backoff_is_a_function_of_its_seed() {
+        let a = delays(&mut Backoff::seeded(MS * 500, MS * 30_000, 42), 20);
+        let b = delays(&mut Backoff::seeded(MS * 500, MS * 30_000, 42), 20);
+        assert_eq!(a, b);
+        // The seed from the OS differs between backoffs made one after the other.
+        let c = delays(&mut Backoff::new(MS * 500, MS * 30_000), 20);
+        let d = delays(&mut Backoff::new(MS * 500, MS * 30_000), 20);
+        assert_ne!(c, d);
+    }
+
+    #[test]
+    fn differently_seeded_backoffs_do_not_retry_in_lockstep() {
+        // Two executors that saw the same outage start: their retry instants (the running sums
+        // of the delays) drift apart instead of coinciding.
+        let at = |seed| {
+            let mut b = Backoff::seeded(MS * 500, MS * 30_000, seed);
+            let mut t = 0;
+            (0..20)
+                .map(|_| {
+                    t += ms(b.next_delay());
+                    t
+                })
+                .collect::<Vec<u64>>()
+        };
+        let (a, b) = (at(1), at(2));
+        let apart = a
+            .iter()
+            .zip(&b)
+            .filter(|(x, y)| x.abs_diff(**y) >= 50)
+            .count();
+        assert!(apart >= 18, "{a:?}\n{b:?}");
+
+        // A fleet of 100 executors retrying at the cap spreads over the jitter window
+        // [15 s, 30 s] rather than bunching: every 1.5 s tenth of it is hit.
+        let mut tenths = [0u32; 10];
+        for seed in 0..100 {
+            let mut b = Backoff::seeded(MS * 30_000, MS * 30_000, seed);
+            let d = ms(b.next_delay());
+            tenths[(((d - 15_000) * 10 / 15_001) as usize).min(9)] += 1;
+        }
+        assert!(tenths.iter().all(|&n| n > 0), "{tenths:?}");
+        assert!(tenths.iter().all(|&n| n < 30), "{tenths:?}");
+    }
+
+    /// Yields to the reporter (without moving the paused clock) until `done`, for at most 10 s
+    /// of real time: the reporter waits for the store's flush thread, which runs in real time.
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let limit = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < limit,
+                "timed out waiting for {what}"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Lets the reporter run for a while (20 ms of real time) without moving the paused clock.
+    async fn settle() {
+        let limit = std::time::Instant::now() + Duration::from_millis(20);
+        while std::time::Instant::now() < limit {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_reporter_retries_after_each_jittered_delay_and_counts_attempts_not_callbacks(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), crate::config::Config::defaults().store).unwrap();
+        for id in [1, 2, 3] {
+            let t = Trigger {
+                job_id: JobId(1),
+                log_id: LogId(id),
+                log_date_time: 1,
+                handler: "h".into(),
+                params: None,
+                block: BlockStrategy::Serial,
+                timeout: None,
+                glue: Glue::Bean,
+                shard_index: 0,
+                shard_total: 1,
+            };
+            store
+                .finish(&t, &Outcome::success(), OutcomeKind::Success, None)
+                .unwrap();
+        }
+        let metrics = Metrics::new().unwrap();
+        // No admin configured: every send fails at once, without I/O that the paused clock
+        // would race with.
+        let mut admin_cfg = crate::config::Config::defaults().admin;
+        admin_cfg.addresses.clear();
+        let admin = AdminClient::new(&admin_cfg, metrics.clone()).unwrap();
+        let backoff = || Backoff::seeded(MS * 500, MS * 4_000, 9);
+        let logs = RunLogs::new(store.clone(), 1 << 20, |_| {});
+        let reporter = Reporter::new(store.clone(), logs, admin, metrics.clone(), Arc::default())
+            .with_backoff(backoff());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(reporter.run(stop.clone()));
+        let attempts = |r: &str| metrics.callback_attempts.with_label_values(&[r]).get();
+
+        until("the first attempt", || attempts("failed") == 1).await;
+        let mut expected = backoff();
+        for k in 1..=7 {
+            let d = expected.next_delay();
+            tokio::time::advance(d - MS).await;
+            settle().await;
+            assert_eq!(attempts("failed"), k, "retry {k} came before its {d:?}");
+            tokio::time::advance(MS).await;
+            until(&format!("retry {k} after {d:?}"), || {
+                attempts("failed") == k + 1
+            })
+            .await;
+        }
+        // Eight failed sends of a batch of three: eight attempts, no callback counted, and
+        // each callback still waiting.
+        assert_eq!(attempts("ok"), 0);
+        assert_eq!(metrics.callbacks.with_label_values(&["delivered"]).get(), 0);
+        assert_eq!(store.outbox_len(), 3);
+        assert!(!metrics
+            .render()
+            .contains("xxl_edge_callbacks_total{result=\"failed\"}"));
+        stop.cancel();
+        task.await.unwrap();
     }
 }

@@ -11,6 +11,8 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+pub mod events;
+
 /// Why `/run` refused a trigger, or that it accepted it: the `result` label of
 /// `xxl_edge_triggers_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +74,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "xxl_edge_runs_executing",
     "xxl_edge_triggers_queued",
     "xxl_edge_callbacks_total",
+    "xxl_edge_callback_attempts_total",
     "xxl_edge_outbox_entries",
     "xxl_edge_outbox_oldest_age_seconds",
     "xxl_edge_admin_requests_total",
@@ -80,6 +83,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "xxl_edge_store_size_bytes",
     "xxl_edge_store_budget_bytes",
     "xxl_edge_store_flush_duration_seconds",
+    "xxl_edge_internal_errors_total",
     "process_cpu_seconds_total",
     "process_open_fds",
     "process_max_fds",
@@ -105,8 +109,10 @@ pub struct Metrics {
     pub executing: IntGauge,
     /// `xxl_edge_triggers_queued`.
     pub queued: IntGauge,
-    /// `xxl_edge_callbacks_total{result}`.
+    /// `xxl_edge_callbacks_total{result}`: callbacks delivered, each counted once.
     pub callbacks: IntCounterVec,
+    /// `xxl_edge_callback_attempts_total{result}`: batch sends, `ok` or `failed`.
+    pub callback_attempts: IntCounterVec,
     /// `xxl_edge_outbox_entries`.
     pub outbox_entries: IntGauge,
     /// `xxl_edge_outbox_oldest_age_seconds`.
@@ -123,6 +129,8 @@ pub struct Metrics {
     pub store_budget: IntGauge,
     /// `xxl_edge_store_flush_duration_seconds`.
     pub flush_duration: Histogram,
+    /// `xxl_edge_internal_errors_total{op}`: see [`events`].
+    pub internal_errors: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -221,7 +229,12 @@ impl Metrics {
             )?,
             callbacks: counter(
                 "xxl_edge_callbacks_total",
-                "Callbacks delivered to an admin, or failed (each attempt of each callback).",
+                "Callbacks an admin acknowledged (result=delivered), each counted once however many attempts it took.",
+                &["result"],
+            )?,
+            callback_attempts: counter(
+                "xxl_edge_callback_attempts_total",
+                "Callback batch sends (up to 50 callbacks each, every admin tried in turn): ok or failed.",
                 &["result"],
             )?,
             outbox_entries: gauge(
@@ -250,8 +263,28 @@ impl Metrics {
                 "The store's byte budget (store.max_bytes); finished runs are pruned beyond it.",
             )?,
             flush_duration,
+            internal_errors: counter(
+                "xxl_edge_internal_errors_total",
+                "Errors the executor could only log (store, worker), by operation.",
+                &["op"],
+            )?,
             registry,
-        })
+        }
+        .with_zero_series())
+    }
+
+    /// Creates the series of every bounded label value at 0. A counter series that first
+    /// appears with value 1 hides that first event from `rate()` and `increase()`, so an
+    /// alert on the very first internal error or failed callback would never fire.
+    fn with_zero_series(self) -> Self {
+        self.callbacks.with_label_values(&["delivered"]);
+        for result in ["ok", "failed"] {
+            self.callback_attempts.with_label_values(&[result]);
+        }
+        for op in events::Op::ALL {
+            self.internal_errors.with_label_values(&[op.as_str()]);
+        }
+        self
     }
 
     /// Counts one trigger.
@@ -289,6 +322,8 @@ mod tests {
         m.run_duration.with_label_values(&["h"]).observe(1.0);
         m.queue_wait.with_label_values(&["h"]).observe(1.0);
         m.callbacks.with_label_values(&["delivered"]).inc();
+        m.callback_attempts.with_label_values(&["ok"]).inc();
+        events::count(&m, events::Op::Flush);
         m.admin_requests
             .with_label_values(&["a", "registry", "ok"])
             .inc();

@@ -204,6 +204,7 @@ fn alert_rules_name_only_exported_metrics() {
         "XxlEdgeOutboxStale",
         "XxlEdgeHandlerFailureRatio",
         "XxlEdgeStoreNearBudget",
+        "XxlEdgeInternalErrors",
     ] {
         assert!(
             text.contains(&format!("alert: {alert}\n")),
@@ -213,6 +214,33 @@ fn alert_rules_name_only_exported_metrics() {
     let tokens = metric_tokens(&text);
     assert!(tokens.len() >= 5, "too few metric names found: {tokens:?}");
     assert_known("dashboards/alerts.yml", &tokens);
+    // Errors the executor only logs are alerted on.
+    assert!(
+        tokens.contains("xxl_edge_internal_errors_total"),
+        "{tokens:?}"
+    );
+}
+
+#[test]
+fn every_executor_metric_family_has_a_panel() {
+    let dash: serde_json::Value = serde_json::from_str(&read("dashboards/xxl-edge.json")).unwrap();
+    let mut all = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        exprs(p, &mut all);
+    }
+    let shown: BTreeSet<String> = all
+        .iter()
+        .flat_map(|e| metric_tokens(e))
+        .map(|t| family(&t).to_string())
+        .collect();
+    let missing: Vec<&&str> = METRIC_NAMES
+        .iter()
+        .filter(|m| m.starts_with("xxl_edge_") && !shown.contains(**m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "exported but on no panel of dashboards/xxl-edge.json: {missing:?}"
+    );
 }
 
 #[test]
