@@ -267,6 +267,58 @@ async fn log_pages_are_bounded_in_lines_and_bytes() {
     ex.shutdown().await;
 }
 
+/// The admin pulls the log of a finished run once and stops (2.4.2
+/// `static/js/joblog.detail.1.js`, 3.4.2 `templates/business/log.detail.ftl`: `pullLog()` then
+/// `if (handleCode > 0) logRunStop(...)`), so with the default bounds a single `/log` page must
+/// hold a whole log that filled the per-run cap (issue 9 #11).
+#[tokio::test]
+async fn with_the_defaults_one_page_holds_a_finished_run_whose_output_filled_its_cap() {
+    let probe = tempfile::tempdir().unwrap();
+    let defaults = test_config(probe.path(), "http://127.0.0.1:9", "");
+    // 100-byte lines (with the newline) up to exactly the cap: nothing is truncated.
+    let line = "x".repeat(99);
+    let n = defaults.store.max_log_bytes_per_run / 100;
+    let (admin, ex, _p, _d) = setup(&format!(
+        "[handlers.fill]\ncommand = [\"sh\", \"-c\", \"yes {line} | head -n {n}\"]\n"
+    ))
+    .await;
+    assert_eq!(ex.run(1, "fill", 88, json!({})).await, ok());
+    assert_eq!(admin.callback(88).await["handleCode"], 200);
+    ex.log_contains(88, "callback finish.").await;
+    let r = ex
+        .post(
+            "/log",
+            r#"{"logDateTim":1717171717000,"logId":88,"fromLineNum":1}"#,
+        )
+        .await;
+    let d = &r["data"];
+    assert_eq!(d, &r["content"]);
+    let text = d["logContent"].as_str().unwrap();
+    let lines: Vec<&str> = text.split_terminator('\n').collect();
+    assert_eq!(
+        lines.iter().filter(|l| **l == line).count() as u64,
+        n,
+        "every output line is on the first page (page bounds: {} lines, {} bytes)",
+        defaults.server.log_page_max_lines,
+        defaults.server.log_page_max_bytes
+    );
+    assert!(
+        lines[0].contains("xxl-job job execute start"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .ends_with("xxl-job job callback finish."),
+        "the page ends with the log's last line"
+    );
+    assert_eq!(d["toLineNum"].as_u64().unwrap(), lines.len() as u64);
+    assert!(!text.contains("log truncated"));
+    ex.shutdown().await;
+}
+
 #[tokio::test]
 async fn t13_t14_t15_t16_t31_refused_triggers_get_no_callback() {
     let (admin, ex, _p, _d) = setup("").await;
