@@ -147,7 +147,10 @@ async fn a_client_that_hangs_up_mid_request_is_not_an_error() {
         .unwrap();
     drop(s);
     let levels = events.wait_for("closed before message completed", 2).await;
-    assert_eq!(levels, [tracing::Level::DEBUG; 2]);
+    assert!(
+        levels.iter().all(|l| *l == tracing::Level::DEBUG),
+        "{levels:?}"
+    );
     events.wait_for("IncompleteBody", 1).await;
     // The server still answers.
     let answer = request(addr, "hello").await;

@@ -43,6 +43,8 @@ where
     let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
+            // Shutdown first: once it is asked for, no connection waiting in the backlog is taken.
+            biased;
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
