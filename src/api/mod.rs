@@ -438,7 +438,33 @@ fn read_log(s: &ApiState, p: &LogParam) -> LogResult {
 
 #[cfg(test)]
 mod tests {
-    use super::token_ok;
+    use super::{read_body, token_ok, ApiError};
+    use bytes::Bytes;
+
+    fn chunks(
+        n: usize,
+        size: usize,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, warp::Error>> + Unpin {
+        futures_util::stream::iter((0..n).map(move |_| Ok(Bytes::from(vec![b'x'; size]))))
+    }
+
+    #[tokio::test]
+    async fn a_body_with_a_content_length_is_read_into_one_buffer_of_that_size() {
+        // Grown by doubling, 10 chunks of 100 bytes end in a buffer of 1600.
+        let body = read_body(chunks(10, 100), Some(1000), 4096).await.unwrap();
+        assert_eq!((body.len(), body.capacity()), (1000, 1000));
+        // A Content-Length over the limit never sizes the buffer past the limit.
+        let e = read_body(chunks(10, 100), Some(1 << 40), 512)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ApiError::TooLarge(512)));
+        let body = read_body(chunks(5, 100), Some(u64::MAX), 512)
+            .await
+            .unwrap();
+        assert!(body.capacity() <= 512);
+        // Without one (chunked), the body is still read whole.
+        assert_eq!(read_body(chunks(3, 7), None, 512).await.unwrap().len(), 21);
+    }
 
     #[test]
     fn token_check_matches_the_reference() {
