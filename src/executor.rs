@@ -284,13 +284,11 @@ impl Executor {
         let metrics_server = match metrics_listener {
             Some((l, addr)) => {
                 tracing::info!(listen = %addr, "Serving /metrics.");
-                let t = stop_http.clone();
-                Some(tokio::spawn(
-                    warp::serve(api::metrics_routes(state.clone()))
-                        .incoming(l)
-                        .graceful(async move { t.cancelled().await })
-                        .run(),
-                ))
+                Some(tokio::spawn(api::serve::serve(
+                    l,
+                    api::metrics_service(state.clone()),
+                    stop_http.clone(),
+                )))
             }
             None => None,
         };
@@ -305,12 +303,7 @@ impl Executor {
         let reg_stop = CancellationToken::new();
         let reg_task = tokio::spawn(registrar.clone().run(reg_stop.clone()));
 
-        let t = stop_http.clone();
-        warp::serve(api::routes(state))
-            .incoming(listener)
-            .graceful(async move { t.cancelled().await })
-            .run()
-            .await;
+        api::serve::serve(listener, api::service(state), stop_http.clone()).await;
         tracing::info!("Shutting down: no new triggers are accepted.");
 
         reg_stop.cancel();

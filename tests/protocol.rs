@@ -77,6 +77,89 @@ async fn t09_t10_t11_idle_beat_and_kill_without_a_worker() {
     ex.shutdown().await;
 }
 
+/// `/kill` of a job without a worker, byte for byte, per admin generation (issue 9 #17). Every
+/// admin stores the reply's `msg` as the run's handle message (`JobLogController.logKill`,
+/// 2.4.2 – 3.4.2); admins up to 3.2.0 post with `XxlJobRemotingUtil`, recognisable by its
+/// `Accept-Charset: application/json;charset=UTF-8`, and get the text in `msg` as their own
+/// executors (up to 3.1.1) gave it; 3.3+ admins (`Accept-Charset: UTF-8`) and other clients get
+/// the 3.2+ form unchanged.
+#[tokio::test]
+async fn t11_kill_without_a_worker_puts_the_text_in_msg_for_remoting_util_admins() {
+    let (_admin, ex, _p, _d) = setup("").await;
+    let kill = |accept_charset: Option<&'static str>| {
+        let ex = &ex;
+        async move {
+            // The headers `XxlJobRemotingUtil.postBody` (2.4.x – 3.2.0) or xxl-tool's HttpTool
+            // (3.3.0+) send.
+            let mut req = ex
+                .client
+                .post(ex.url("/kill"))
+                .header("XXL-JOB-ACCESS-TOKEN", "default_token")
+                .header("Content-Type", "application/json;charset=UTF-8")
+                .body(r#"{"jobId":99}"#);
+            if let Some(v) = accept_charset {
+                req = req.header("Accept-Charset", v);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    assert_eq!(
+        kill(Some("application/json;charset=UTF-8")).await,
+        r#"{"code":200,"msg":"job thread already killed.","content":"job thread already killed.","data":"job thread already killed."}"#
+    );
+    let modern = r#"{"code":200,"msg":"Success","content":"job thread already killed.","data":"job thread already killed."}"#;
+    assert_eq!(kill(Some("UTF-8")).await, modern);
+    assert_eq!(kill(None).await, modern);
+    ex.shutdown().await;
+}
+
+/// Gson parses a body into a request class only from a JSON object; anything else is an
+/// exception, answered `request error:…` (protocol §1.1 step 5). serde's derived structs would
+/// read an array as fields by position, so `[]` used to pass as an object of defaults
+/// (issue 9 #6). `/beat` never parses its body, as in the reference.
+#[tokio::test]
+async fn bodies_that_are_not_a_json_object_are_request_errors() {
+    let (admin, ex, _p, _d) = setup("").await;
+    for body in [
+        "[]",
+        "[1]",
+        r#"[{"jobId":1}]"#,
+        r#""""#,
+        "7",
+        "null",
+        "true",
+    ] {
+        for path in ["/idleBeat", "/kill", "/log", "/run", "/trigger"] {
+            let r = ex.post(path, body).await;
+            assert_eq!(r["code"], 500, "{path} {body}: {r}");
+            let msg = r["msg"].as_str().unwrap();
+            assert!(msg.starts_with("request error:"), "{path} {body}: {msg}");
+            assert!(r.get("content").is_none() && r.get("data").is_none(), "{r}");
+        }
+        assert_eq!(ex.post("/beat", body).await, ok(), "/beat ignores {body}");
+    }
+    let r = ex.post("/idleBeat", "[]").await;
+    assert!(
+        r["msg"]
+            .as_str()
+            .unwrap()
+            .contains("expected a JSON object"),
+        "{r}"
+    );
+    // Nothing was run: the next run's callback is the only one.
+    assert_eq!(ex.run(9, "demoJobHandler", 9001, json!({})).await, ok());
+    admin.callback(9001).await;
+    assert_eq!(
+        admin.callback_items().len(),
+        1,
+        "{:?}",
+        admin.callback_items()
+    );
+    ex.shutdown().await;
+}
+
 #[tokio::test]
 async fn t12_t17_t18_t19_t20_run_callback_and_log_paging() {
     let (admin, ex, _p, _d) = setup("").await;
@@ -181,6 +264,58 @@ async fn log_pages_are_bounded_in_lines_and_bytes() {
     for i in 1..=40 {
         assert!(all.contains(&format!("line-{i}\n")), "line-{i} missing");
     }
+    ex.shutdown().await;
+}
+
+/// The admin pulls the log of a finished run once and stops (2.4.2
+/// `static/js/joblog.detail.1.js`, 3.4.2 `templates/business/log.detail.ftl`: `pullLog()` then
+/// `if (handleCode > 0) logRunStop(...)`), so with the default bounds a single `/log` page must
+/// hold a whole log that filled the per-run cap (issue 9 #11).
+#[tokio::test]
+async fn with_the_defaults_one_page_holds_a_finished_run_whose_output_filled_its_cap() {
+    let probe = tempfile::tempdir().unwrap();
+    let defaults = test_config(probe.path(), "http://127.0.0.1:9", "");
+    // 100-byte lines (with the newline) up to exactly the cap: nothing is truncated.
+    let line = "x".repeat(99);
+    let n = defaults.store.max_log_bytes_per_run / 100;
+    let (admin, ex, _p, _d) = setup(&format!(
+        "[handlers.fill]\ncommand = [\"sh\", \"-c\", \"yes {line} | head -n {n}\"]\n"
+    ))
+    .await;
+    assert_eq!(ex.run(1, "fill", 88, json!({})).await, ok());
+    assert_eq!(admin.callback(88).await["handleCode"], 200);
+    ex.log_contains(88, "callback finish.").await;
+    let r = ex
+        .post(
+            "/log",
+            r#"{"logDateTim":1717171717000,"logId":88,"fromLineNum":1}"#,
+        )
+        .await;
+    let d = &r["data"];
+    assert_eq!(d, &r["content"]);
+    let text = d["logContent"].as_str().unwrap();
+    let lines: Vec<&str> = text.split_terminator('\n').collect();
+    assert_eq!(
+        lines.iter().filter(|l| **l == line).count() as u64,
+        n,
+        "every output line is on the first page (page bounds: {} lines, {} bytes)",
+        defaults.server.log_page_max_lines,
+        defaults.server.log_page_max_bytes
+    );
+    assert!(
+        lines[0].contains("xxl-job job execute start"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .ends_with("xxl-job job callback finish."),
+        "the page ends with the log's last line"
+    );
+    assert_eq!(d["toLineNum"].as_u64().unwrap(), lines.len() as u64);
+    assert!(!text.contains("log truncated"));
     ex.shutdown().await;
 }
 

@@ -6,9 +6,10 @@
 //! `data` (3.3+ admins), so both generations read our answers.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::job::{BlockStrategy, Callback, Glue, GlueKind, JobId, LogId, Outcome, Trigger};
@@ -63,6 +64,106 @@ impl ReturnT<()> {
             content: None,
             data: None,
         }
+    }
+}
+
+/// The whole `{"code":200,"msg":"Success","content":P,"data":P}` text, with `P` encoded straight
+/// into it twice: a `/log` page can be megabytes, and cloning it to fill both keys (as
+/// [`ReturnT::success_with`] does) would hold two more copies of it.
+///
+/// # Errors
+/// `payload` cannot be encoded as JSON.
+pub fn success_json<T: Serialize + ?Sized>(
+    payload: &T,
+    size_hint: usize,
+) -> serde_json::Result<String> {
+    let mut out = Vec::with_capacity(2 * size_hint + 64);
+    out.extend_from_slice(br#"{"code":200,"msg":"Success","content":"#);
+    serde_json::to_writer(&mut out, payload)?;
+    out.extend_from_slice(br#","data":"#);
+    serde_json::to_writer(&mut out, payload)?;
+    out.push(b'}');
+    // serde_json writes UTF-8 only; the check cannot fail and copies nothing.
+    String::from_utf8(out).map_err(|e| de::Error::custom(e.to_string()))
+}
+
+/// Which generation of the admin's HTTP client sent a request, as far as its headers tell.
+///
+/// Only `/kill` needs it: admins up to 3.2.0 post with `XxlJobRemotingUtil`, which sends the
+/// unusual `Accept-Charset: application/json;charset=UTF-8`; 3.3.0+ post with xxl-tool's
+/// `HttpTool`, which sends `Accept-Charset: UTF-8` (protocol §1.4). 3.1.1 and 3.2.0 send the same
+/// request and read the same `ReturnT` fields, so no answer can tell those two apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminClient {
+    /// `XxlJobRemotingUtil`: admins 2.4.x – 3.2.0.
+    RemotingUtil,
+    /// Anything else: 3.3.0+ admins, `xxl-edge trigger`, curl.
+    Other,
+}
+
+impl AdminClient {
+    /// The `Accept-Charset` value only `XxlJobRemotingUtil` sends.
+    pub const REMOTING_UTIL_ACCEPT_CHARSET: &'static str = "application/json;charset=UTF-8";
+
+    /// Classifies a request by its `Accept-Charset` header.
+    pub fn from_accept_charset(value: Option<&str>) -> Self {
+        match value {
+            Some(v) if v.trim() == Self::REMOTING_UTIL_ACCEPT_CHARSET => Self::RemotingUtil,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// The text of `/kill` for a job that has no worker (`ExecutorBizImpl.kill`).
+pub const JOB_THREAD_ALREADY_KILLED: &str = "job thread already killed.";
+
+/// `/kill`'s answer when the job has no worker.
+///
+/// Every admin records `msg` as the run's handle message ("人为操作，主动终止:" + msg,
+/// `JobLogController.logKill` in 2.4.2 – 3.4.2). The reference executors up to 3.1.1 put the text
+/// in `msg`; from 3.2.0 they answer `msg:"Success"` and move the text to the payload. So an admin
+/// that posts with `XxlJobRemotingUtil` gets the text in `msg` (which is what a 2.4.x – 3.1.1
+/// admin records from its own executor, and for a 3.2.0 admin replaces a bare "Success"); every
+/// other client gets exactly the 3.2+ form.
+pub fn kill_without_worker(client: AdminClient) -> ReturnT<&'static str> {
+    let mut r = ReturnT::success_with(JOB_THREAD_ALREADY_KILLED);
+    if client == AdminClient::RemotingUtil {
+        r.msg = Some(JOB_THREAD_ALREADY_KILLED.into());
+    }
+    r
+}
+
+/// Parses a request body the way Gson parses it into a request class: the body must be one JSON
+/// object. serde's derived structs also accept an array (fields by position), so `[]` would read
+/// as an object of defaults where the reference answers `request error:`.
+///
+/// # Errors
+/// Malformed JSON, a value that is not an object, a field of the wrong type, or trailing data.
+pub fn from_json_object<T: DeserializeOwned>(body: &[u8]) -> serde_json::Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = ObjectOnly(PhantomData).deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// Hands a JSON object to `T` and refuses every other kind of value (serde's default visitor
+/// methods answer "invalid type: …, expected a JSON object").
+struct ObjectOnly<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for ObjectOnly<T> {
+    type Value = T;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectOnly<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::deserialize(de::value::MapAccessDeserializer::new(map))
     }
 }
 
@@ -482,6 +583,79 @@ mod tests {
         assert!(serde_json::from_str::<TriggerParam>(r#"{"jobId":"x"}"#).is_err());
         assert!(serde_json::from_str::<TriggerParam>(r#"{"jobId":1.5}"#).is_err());
         assert!(serde_json::from_str::<TriggerParam>(r#"{"jobId":9999999999}"#).is_err());
+    }
+
+    #[test]
+    fn request_bodies_must_be_objects() {
+        let p: JobIdParam = from_json_object(br#" {"jobId":"7","x":[1]} "#).unwrap();
+        assert_eq!(p.job_id, 7);
+        let p: TriggerParam = from_json_object(br#"{"jobId":1,"glueType":"BEAN"}"#).unwrap();
+        assert_eq!(p.glue_type.as_deref(), Some("BEAN"));
+        let p: LogParam = from_json_object(br#"{"logId":5,"fromLineNum":2.0}"#).unwrap();
+        assert_eq!((p.log_id, p.from_line_num), (5, 2));
+        // Derived structs alone take an array as fields by position; the body parser must not.
+        assert_eq!(serde_json::from_str::<JobIdParam>("[7]").unwrap().job_id, 7);
+        for body in [
+            "[]",
+            "[7]",
+            "[{\"jobId\":1}]",
+            "\"\"",
+            "7",
+            "null",
+            "true",
+            "",
+            "{",
+            "{} x",
+        ] {
+            let e = from_json_object::<JobIdParam>(body.as_bytes()).unwrap_err();
+            assert!(!e.to_string().is_empty(), "{body}");
+            assert!(
+                from_json_object::<LogParam>(body.as_bytes()).is_err(),
+                "{body}"
+            );
+            assert!(
+                from_json_object::<TriggerParam>(body.as_bytes()).is_err(),
+                "{body}"
+            );
+        }
+        let e = from_json_object::<JobIdParam>(b"[]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("invalid type: sequence, expected a JSON object"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn success_json_matches_the_envelope() {
+        let page = LogResult {
+            from_line_num: 1,
+            to_line_num: 2,
+            log_content: "a \"q\" <b>\n".into(),
+            is_end: false,
+        };
+        assert_eq!(
+            success_json(&page, 0).unwrap(),
+            serde_json::to_string(&ReturnT::success_with(page)).unwrap()
+        );
+    }
+
+    #[test]
+    fn kill_without_worker_puts_the_text_where_each_admin_reads_it() {
+        let legacy = AdminClient::from_accept_charset(Some("application/json;charset=UTF-8"));
+        assert_eq!(legacy, AdminClient::RemotingUtil);
+        for other in [None, Some("UTF-8"), Some("utf-8"), Some("")] {
+            assert_eq!(AdminClient::from_accept_charset(other), AdminClient::Other);
+        }
+        assert_eq!(
+            serde_json::to_string(&kill_without_worker(legacy)).unwrap(),
+            r#"{"code":200,"msg":"job thread already killed.","content":"job thread already killed.","data":"job thread already killed."}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&kill_without_worker(AdminClient::Other)).unwrap(),
+            r#"{"code":200,"msg":"Success","content":"job thread already killed.","data":"job thread already killed."}"#
+        );
     }
 
     #[test]

@@ -36,13 +36,16 @@ impl Raw {
             log_page_max_lines: c.int(
                 "server.log_page_max_lines",
                 self.log_page_max_lines,
-                1000,
+                // The admin pulls a finished run's log once (issue 9 #11): one page must hold a
+                // whole log of ordinary size. A running run is pulled page after page anyway.
+                100_000,
                 1..=1_000_000,
             ) as usize,
             log_page_max_bytes: c.int(
                 "server.log_page_max_bytes",
                 self.log_page_max_bytes,
-                1024 * 1024,
+                // The default per-run output cap (4 MiB) plus 64 KiB for the executor's lines.
+                4 * 1024 * 1024 + 64 * 1024,
                 1024..=1 << 30,
             ) as usize,
         }

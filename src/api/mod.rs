@@ -5,18 +5,23 @@
 //! exact request target (no prefix stripping, no trailing slash, a query string is part of the
 //! target), then the body, read up to a limit whether or not a Content-Length came with it.
 //! Every answer is HTTP 200 with the JSON envelope; [`ApiError`] is the one mapping from a failure
-//! to that envelope.
+//! to that envelope. [`serve`] is the accept loop that runs these routes on a listener.
+
+pub mod serve;
 
 use std::sync::Arc;
 
 use bytes::Buf;
 use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
+use std::convert::Infallible;
 use warp::http::{HeaderValue, Method, StatusCode};
 use warp::reply::Response;
 use warp::Filter;
 
-use crate::admin::wire::{JobIdParam, LogParam, LogResult, ReturnT, TriggerParam};
+use crate::admin::wire::{
+    self, AdminClient, JobIdParam, LogParam, LogResult, ReturnT, TriggerParam,
+};
 use crate::config::{Secret, ServerConfig};
 use crate::job::{JobId, LogId, Trigger};
 use crate::registry::RegistrationStatus;
@@ -78,8 +83,13 @@ pub enum ApiError {
 }
 
 fn json_reply<T: serde::Serialize>(body: &T) -> Response {
-    let text = serde_json::to_string(body)
-        .unwrap_or_else(|_| r#"{"code":500,"msg":"response encoding failed"}"#.to_string());
+    text_reply(
+        serde_json::to_string(body)
+            .unwrap_or_else(|_| r#"{"code":500,"msg":"response encoding failed"}"#.to_string()),
+    )
+}
+
+fn text_reply(text: String) -> Response {
     let mut resp = Response::new(text.into());
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert(
@@ -128,6 +138,9 @@ pub fn routes(
         .and(warp::path::full())
         .and(query)
         .and(warp::header::optional::<String>("xxl-job-access-token"))
+        .and(warp::header::optional::<String>("accept-charset"))
+        // hyper has already refused a Content-Length that is not a number.
+        .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
         .and(with_state)
         .then(
@@ -135,6 +148,8 @@ pub fn routes(
              path: warp::path::FullPath,
              query: String,
              token: Option<String>,
+             accept_charset: Option<String>,
+             content_length: Option<u64>,
              body,
              s: Arc<ApiState>| async move {
                 let target = if query.is_empty() {
@@ -142,7 +157,14 @@ pub fn routes(
                 } else {
                     format!("{}?{query}", path.as_str())
                 };
-                match dispatch(&s, &method, &target, token.as_deref(), body).await {
+                let req = Request {
+                    method: &method,
+                    target: &target,
+                    token: token.as_deref(),
+                    client: AdminClient::from_accept_charset(accept_charset.as_deref()),
+                    content_length,
+                };
+                match dispatch(&s, req, body).await {
                     Ok(r) => r,
                     Err(e) => e.into_response(),
                 }
@@ -163,6 +185,36 @@ pub fn routes(
         .unify()
 }
 
+/// The routes as a hyper service, for [`serve::serve`].
+pub fn service(
+    state: Arc<ApiState>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    hyper_util::service::TowerToHyperService::new(warp::service(routes(state)))
+}
+
+/// [`metrics_routes`] as a hyper service, for [`serve::serve`] on `telemetry.metrics_listen`.
+pub fn metrics_service(
+    state: Arc<ApiState>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    hyper_util::service::TowerToHyperService::new(warp::service(metrics_routes(state)))
+}
+
 /// Only the `/metrics` route, for a separate listen address.
 pub fn metrics_routes(
     state: Arc<ApiState>,
@@ -178,7 +230,6 @@ fn metrics_response(s: &ApiState) -> Response {
     s.metrics
         .outbox_oldest_age
         .set(s.store.outbox_oldest_age().map_or(0.0, |d| d.as_secs_f64()));
-    s.metrics.store_size.set(s.store.size_on_disk() as i64);
     for (admin, age) in s.admins.iter().zip(s.registration.ages()) {
         // Never registered: report the age as +Inf so "no registration for N minutes" fires.
         s.metrics
@@ -210,13 +261,20 @@ fn token_ok(expected: &str, got: Option<&str>) -> bool {
     diff == 0
 }
 
-async fn read_body<S, B>(body: S, limit: usize) -> Result<Vec<u8>, ApiError>
+/// Reads the whole body, refusing it once it passes `limit`. With a Content-Length the buffer is
+/// sized once (never above `limit`): growing by doubling would hold up to twice a large body.
+async fn read_body<S, B>(
+    body: S,
+    content_length: Option<u64>,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
     let mut body = body;
-    let mut out = Vec::new();
+    let expected = content_length.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let mut out = Vec::with_capacity(expected.min(limit));
     while let Some(chunk) = body.next().await {
         let mut chunk = chunk.map_err(|e| ApiError::Malformed(e.to_string()))?;
         if out.len() + chunk.remaining() > limit {
@@ -232,33 +290,38 @@ where
     Ok(out)
 }
 
+/// Every endpoint that reads its body reads one JSON object, as Gson does (protocol §1.1 step 5).
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::Malformed(e.to_string()))
+    wire::from_json_object(body).map_err(|e| ApiError::Malformed(e.to_string()))
 }
 
-async fn dispatch<S, B>(
-    s: &ApiState,
-    method: &Method,
-    target: &str,
-    token: Option<&str>,
-    body: S,
-) -> Result<Response, ApiError>
+/// What [`dispatch`] needs of a request besides its body.
+struct Request<'a> {
+    method: &'a Method,
+    target: &'a str,
+    token: Option<&'a str>,
+    client: AdminClient,
+    content_length: Option<u64>,
+}
+
+async fn dispatch<S, B>(s: &ApiState, req: Request<'_>, body: S) -> Result<Response, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    if method != Method::POST {
+    if req.method != Method::POST {
         return Err(ApiError::Method);
     }
-    if !token_ok(s.token.expose(), token) {
+    if !token_ok(s.token.expose(), req.token) {
         return Err(ApiError::Token);
     }
-    let route = match target {
-        "/beat" | "/idleBeat" | "/run" | "/trigger" | "/kill" | "/log" => target,
+    let route = match req.target {
+        "/beat" | "/idleBeat" | "/run" | "/trigger" | "/kill" | "/log" => req.target,
         other => return Err(ApiError::NotFound(other.to_string())),
     };
-    let body = read_body(body, s.limits.body_limit_bytes).await?;
+    let body = read_body(body, req.content_length, s.limits.body_limit_bytes).await?;
     match route {
+        // The reference never parses `/beat`'s body (2.4.x sends `""`, 3.3+ none).
         "/beat" => Ok(json_reply(&ReturnT::success())),
         "/idleBeat" => {
             let p: JobIdParam = parse(&body)?;
@@ -275,14 +338,18 @@ where
             if s.runner.kill(JobId(p.job_id)) {
                 Ok(json_reply(&ReturnT::success()))
             } else {
-                Ok(json_reply(&ReturnT::success_with(
-                    "job thread already killed.",
-                )))
+                Ok(json_reply(&wire::kill_without_worker(req.client)))
             }
         }
         "/log" => {
             let p: LogParam = parse(&body)?;
-            Ok(json_reply(&ReturnT::success_with(read_log(s, &p))))
+            drop(body);
+            let page = read_log(s, &p);
+            let size = page.log_content.len();
+            Ok(match wire::success_json(&page, size) {
+                Ok(text) => text_reply(text),
+                Err(e) => json_reply(&ReturnT::fail(format!("response encoding failed: {e}"))),
+            })
         }
         // "/run" and the 3.5 name "/trigger".
         _ => {
@@ -341,9 +408,9 @@ fn read_log(s: &ApiState, p: &LogParam) -> LogResult {
     );
     match page {
         Ok(Some(page)) => {
-            let mut content = String::new();
-            for l in &page.lines {
-                content.push_str(l);
+            let mut content = String::with_capacity(page.lines.iter().map(|l| l.len() + 1).sum());
+            for l in page.lines {
+                content.push_str(&l);
                 content.push('\n');
             }
             LogResult {
@@ -370,7 +437,33 @@ fn read_log(s: &ApiState, p: &LogParam) -> LogResult {
 
 #[cfg(test)]
 mod tests {
-    use super::token_ok;
+    use super::{read_body, token_ok, ApiError};
+    use bytes::Bytes;
+
+    fn chunks(
+        n: usize,
+        size: usize,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, warp::Error>> + Unpin {
+        futures_util::stream::iter((0..n).map(move |_| Ok(Bytes::from(vec![b'x'; size]))))
+    }
+
+    #[tokio::test]
+    async fn a_body_with_a_content_length_is_read_into_one_buffer_of_that_size() {
+        // Grown by doubling, 10 chunks of 100 bytes end in a buffer of 1600.
+        let body = read_body(chunks(10, 100), Some(1000), 4096).await.unwrap();
+        assert_eq!((body.len(), body.capacity()), (1000, 1000));
+        // A Content-Length over the limit never sizes the buffer past the limit.
+        let e = read_body(chunks(10, 100), Some(1 << 40), 512)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ApiError::TooLarge(512)));
+        let body = read_body(chunks(5, 100), Some(u64::MAX), 512)
+            .await
+            .unwrap();
+        assert!(body.capacity() <= 512);
+        // Without one (chunked), the body is still read whole.
+        assert_eq!(read_body(chunks(3, 7), None, 512).await.unwrap().len(), 21);
+    }
 
     #[test]
     fn token_check_matches_the_reference() {
