@@ -276,10 +276,168 @@ impl Registry {
 
 /// Renders a key or argv template: `{jobId}`, `{logId}`, `{params}`, `{shardIndex}`,
 /// `{shardTotal}`.
+///
+/// One pass over the template: a value that itself looks like a placeholder (params
+/// `{shardIndex}`) is data the admin sent and is copied as it is, never expanded again, so two
+/// different params can never render to the same key. Anything in braces that is not one of the
+/// five names stays literal.
 pub fn render_template(tpl: &str, t: &Trigger) -> String {
-    tpl.replace("{jobId}", &t.job_id.to_string())
-        .replace("{logId}", &t.log_id.to_string())
-        .replace("{params}", t.params.as_deref().unwrap_or(""))
-        .replace("{shardIndex}", &t.shard_index.to_string())
-        .replace("{shardTotal}", &t.shard_total.to_string())
+    Placeholders {
+        job_id: t.job_id,
+        log_id: t.log_id,
+        params: t.params.as_deref().unwrap_or(""),
+        shard_index: t.shard_index,
+        shard_total: t.shard_total,
+    }
+    .render(tpl)
+}
+
+/// The values a template may name, borrowed from a trigger or a [`JobContext`] (so rendering
+/// an argv does not copy the params once more).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placeholders<'a> {
+    pub(crate) job_id: JobId,
+    pub(crate) log_id: LogId,
+    pub(crate) params: &'a str,
+    pub(crate) shard_index: i32,
+    pub(crate) shard_total: i32,
+}
+
+impl<'a> Placeholders<'a> {
+    /// The values of one run.
+    pub(crate) fn of(ctx: &'a JobContext) -> Self {
+        Self {
+            job_id: ctx.job_id,
+            log_id: ctx.log_id,
+            params: ctx.param(),
+            shard_index: ctx.shard_index,
+            shard_total: ctx.shard_total,
+        }
+    }
+
+    /// Expands the template in a single left-to-right scan; expanded text is never rescanned.
+    pub(crate) fn render(&self, tpl: &str) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(tpl.len());
+        let mut rest = tpl;
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let after = &rest[open..];
+            let name_end = after.find('}').map(|i| i + 1);
+            let expanded = name_end.and_then(|end| {
+                let v = match &after[..end] {
+                    "{jobId}" => Value::Int(i64::from(self.job_id.0)),
+                    "{logId}" => Value::Int(self.log_id.0),
+                    "{params}" => Value::Str(self.params),
+                    "{shardIndex}" => Value::Int(i64::from(self.shard_index)),
+                    "{shardTotal}" => Value::Int(i64::from(self.shard_total)),
+                    _ => return None,
+                };
+                Some((v, end))
+            });
+            match expanded {
+                Some((Value::Str(s), end)) => {
+                    out.push_str(s);
+                    rest = &after[end..];
+                }
+                Some((Value::Int(n), end)) => {
+                    // Writing into a String cannot fail.
+                    let _ = write!(out, "{n}");
+                    rest = &after[end..];
+                }
+                None => {
+                    // Not a placeholder: keep the brace and scan on after it, so `{{params}`
+                    // still finds the `{params}` inside.
+                    out.push('{');
+                    rest = &after[1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// Whether rendering `tpl` copies the params into it.
+    pub(crate) fn names_params(tpl: &str) -> bool {
+        tpl.contains("{params}")
+    }
+}
+
+enum Value<'a> {
+    Int(i64),
+    Str(&'a str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{BlockStrategy, Glue};
+
+    fn trigger(params: Option<&str>, shard_index: i32) -> Trigger {
+        Trigger {
+            job_id: JobId(7),
+            log_id: LogId(4001),
+            log_date_time: 0,
+            handler: "h".into(),
+            params: params.map(str::to_string),
+            block: BlockStrategy::Serial,
+            timeout: None,
+            glue: Glue::Bean,
+            shard_index,
+            shard_total: 5,
+        }
+    }
+
+    #[test]
+    fn every_placeholder_is_expanded() {
+        let t = trigger(Some("p q"), 3);
+        assert_eq!(
+            render_template("{jobId}/{logId}/{params}/{shardIndex}/{shardTotal}", &t),
+            "7/4001/p q/3/5"
+        );
+        assert_eq!(render_template("{params}{params}", &t), "p qp q");
+        assert_eq!(render_template("no placeholders", &t), "no placeholders");
+        assert_eq!(render_template("", &t), "");
+    }
+
+    #[test]
+    fn null_params_render_empty() {
+        assert_eq!(render_template("k:{params}:", &trigger(None, 0)), "k::");
+    }
+
+    #[test]
+    fn params_that_look_like_placeholders_are_data() {
+        for p in [
+            "{shardIndex}",
+            "{jobId}",
+            "{logId}",
+            "{shardTotal}",
+            "{params}",
+        ] {
+            assert_eq!(render_template("{params}", &trigger(Some(p), 3)), p);
+        }
+        assert_eq!(
+            render_template("a {params} b", &trigger(Some("{shardIndex}{jobId}"), 3)),
+            "a {shardIndex}{jobId} b"
+        );
+    }
+
+    #[test]
+    fn keys_of_different_params_never_collide() {
+        let tpl = "k:{params}";
+        let literal = render_template(tpl, &trigger(Some("{shardIndex}"), 0));
+        let zero = render_template(tpl, &trigger(Some("0"), 0));
+        assert_eq!(literal, "k:{shardIndex}");
+        assert_ne!(literal, zero);
+    }
+
+    #[test]
+    fn unknown_and_unbalanced_braces_stay_literal() {
+        let t = trigger(Some("P"), 1);
+        assert_eq!(render_template("{nope}{params}", &t), "{nope}P");
+        assert_eq!(render_template("{{params}}", &t), "{P}");
+        assert_eq!(render_template("{params", &t), "{params");
+        assert_eq!(render_template("}{", &t), "}{");
+        assert_eq!(render_template("{ü}{jobId}€", &t), "{ü}7€");
+    }
 }

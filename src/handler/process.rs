@@ -4,8 +4,13 @@
 //! orphan: SIGTERM to the group, then SIGKILL to the group after the grace period. Output is
 //! copied into the run log line by line as it is produced, with a cap on line length so a
 //! process that never prints a newline cannot exhaust memory.
+//!
+//! Params reach a child three ways: `XXL_JOB_PARAM`, `{params}` in a command's argv (the GLUE
+//! script's first argument), and always a private file named by `XXL_JOB_PARAM_FILE`. Linux
+//! refuses to start a program whose single argv or environment string exceeds 128 KiB
+//! (`MAX_ARG_STRLEN`), so params larger than that are passed in the file only, and the child is
+//! told so (`XXL_JOB_PARAM_TRUNCATED=1`) instead of failing with `Argument list too long`.
 
-use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -13,15 +18,26 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::{render_template, BoxFuture, JobContext, JobHandler, JobLog};
+use super::{BoxFuture, JobContext, JobHandler, JobLog, Placeholders};
 use crate::config::CommandConfig;
-use crate::job::{GlueKind, JobId, Outcome, Trigger};
+use crate::job::{GlueKind, JobId, Outcome};
 
 /// Longest line copied from a child's output; longer ones are split.
 const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// Linux's bound on one argv or environment string, its terminating NUL included
+/// (`MAX_ARG_STRLEN`, 32 pages of 4 KiB); `execve` fails with `E2BIG` past it.
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// The environment variable that carries the params when they fit.
+const PARAM_ENV: &str = "XXL_JOB_PARAM";
+
+/// Largest params passed in `XXL_JOB_PARAM` and as a GLUE script's argument: the longest value
+/// for which `XXL_JOB_PARAM=<value>` still fits in one environment string.
+pub(crate) const MAX_INLINE_PARAM_BYTES: usize = MAX_ARG_STRLEN - PARAM_ENV.len() - 2;
 
 /// A `[handlers.NAME]` command from the config.
 #[derive(Debug, Clone)]
@@ -42,21 +58,42 @@ impl JobHandler for CommandHandler {
         let cfg = self.cfg.clone();
         let grace = self.kill_grace;
         Box::pin(async move {
-            let t = trigger_of(&ctx);
-            let argv: Vec<String> = cfg.command.iter().map(|a| render_template(a, &t)).collect();
-            let mut cmd = Command::new(&argv[0]);
-            cmd.args(&argv[1..]);
+            let vars = Placeholders::of(&ctx);
+            let argv: Vec<String> = cfg.command.iter().map(|a| vars.render(a)).collect();
+            if let Some(msg) = argv_too_long(&cfg.command, &argv, ctx.param().len()) {
+                ctx.log(&msg);
+                return Outcome::fail(msg);
+            }
+            let Some((program, args)) = argv.split_first() else {
+                // Config validation refuses an empty command; never index into one anyway.
+                return Outcome::fail("command failed to start: the command is empty");
+            };
+            let mut cmd = Command::new(program);
+            cmd.args(args);
             cmd.envs(&cfg.env);
-            set_trigger_env(&mut cmd, &ctx);
+            let param_file = match offer_params(&mut cmd, &ctx).await {
+                Ok(f) => f,
+                Err(msg) => return Outcome::fail(msg),
+            };
             if let Some(dir) = &cfg.working_dir {
                 cmd.current_dir(dir);
             }
-            match run(cmd, &ctx, grace).await {
+            let res = run(cmd, &ctx, grace).await;
+            drop(param_file);
+            match res {
                 Ok(status) if status.success() => Outcome::success(),
                 Ok(status) => Outcome::fail(describe_exit("command", status)),
+                Err(e) if is_e2big(&e) => {
+                    let msg = format!(
+                        "command failed to start: {program}: the arguments and environment are too large for Linux (params are {} bytes); let the command read the params from the file named by XXL_JOB_PARAM_FILE instead of {{params}} in its argv",
+                        ctx.param().len()
+                    );
+                    ctx.log(&msg);
+                    Outcome::fail(msg)
+                }
                 Err(e) => {
-                    ctx.log(format!("Failed to start command {:?}: {e}", argv[0]));
-                    Outcome::fail(format!("command failed to start: {}: {e}", argv[0]))
+                    ctx.log(format!("Failed to start command {program:?}: {e}"));
+                    Outcome::fail(format!("command failed to start: {program}: {e}"))
                 }
             }
         })
@@ -115,12 +152,18 @@ impl JobHandler for ScriptHandler {
         Box::pin(async move {
             let mut cmd = Command::new(me.kind.interpreter());
             // The reference's argv: script, param ("" when null, as 3.3+), shard index, total.
+            // Params too large for one argument are passed in the file only (as for commands).
             cmd.arg(&me.file)
-                .arg(ctx.param())
+                .arg(inline_param(&ctx))
                 .arg(ctx.shard_index.to_string())
                 .arg(ctx.shard_total.to_string());
-            set_trigger_env(&mut cmd, &ctx);
-            match run(cmd, &ctx, me.kill_grace).await {
+            let param_file = match offer_params(&mut cmd, &ctx).await {
+                Ok(f) => f,
+                Err(msg) => return Outcome::fail(msg),
+            };
+            let res = run(cmd, &ctx, me.kill_grace).await;
+            drop(param_file);
+            match res {
                 Ok(status) if status.success() => Outcome::success(),
                 Ok(status) => match status.code() {
                     Some(n) => Outcome::fail(format!("script exit value({n}) is failed")),
@@ -139,33 +182,146 @@ impl JobHandler for ScriptHandler {
     }
 }
 
-fn trigger_of(ctx: &JobContext) -> Trigger {
-    Trigger {
-        job_id: ctx.job_id,
-        log_id: ctx.log_id,
-        log_date_time: ctx.log_date_time,
-        handler: String::new(),
-        params: ctx.params.clone(),
-        block: crate::job::BlockStrategy::Serial,
-        timeout: None,
-        glue: crate::job::Glue::Bean,
-        shard_index: ctx.shard_index,
-        shard_total: ctx.shard_total,
+/// The params as `XXL_JOB_PARAM` and a GLUE script's argument carry them: as they are when
+/// they fit in one argv/environment string, else empty (the file has them).
+fn inline_param(ctx: &JobContext) -> &str {
+    let p = ctx.param();
+    if p.len() > MAX_INLINE_PARAM_BYTES {
+        ""
+    } else {
+        p
     }
 }
 
-fn set_trigger_env(cmd: &mut Command, ctx: &JobContext) {
-    let env: BTreeMap<&str, String> = [
-        ("XXL_JOB_ID", ctx.job_id.to_string()),
-        ("XXL_JOB_LOG_ID", ctx.log_id.to_string()),
-        ("XXL_JOB_PARAM", ctx.param().to_string()),
-        ("XXL_JOB_SHARD_INDEX", ctx.shard_index.to_string()),
-        ("XXL_JOB_SHARD_TOTAL", ctx.shard_total.to_string()),
-        ("XXL_JOB_LOG_DATE_TIME", ctx.log_date_time.to_string()),
-    ]
-    .into_iter()
-    .collect();
-    cmd.envs(env);
+/// Sets the trigger's environment and writes the params file. Params too large for
+/// `XXL_JOB_PARAM` leave it empty with `XXL_JOB_PARAM_TRUNCATED=1`, and the run log says so.
+///
+/// # Errors
+/// The failure message when the params do not fit in the environment and the file could not
+/// be written either: the child would not get its params at all.
+async fn offer_params(cmd: &mut Command, ctx: &JobContext) -> Result<Option<ParamFile>, String> {
+    let params = ctx.param();
+    let inline = inline_param(ctx);
+    let truncated = inline.len() != params.len();
+    cmd.env("XXL_JOB_ID", ctx.job_id.to_string())
+        .env("XXL_JOB_LOG_ID", ctx.log_id.to_string())
+        .env(PARAM_ENV, inline)
+        .env("XXL_JOB_PARAM_TRUNCATED", if truncated { "1" } else { "0" })
+        .env("XXL_JOB_SHARD_INDEX", ctx.shard_index.to_string())
+        .env("XXL_JOB_SHARD_TOTAL", ctx.shard_total.to_string())
+        .env("XXL_JOB_LOG_DATE_TIME", ctx.log_date_time.to_string());
+    match ParamFile::write(params, ctx).await {
+        Ok(f) => {
+            cmd.env("XXL_JOB_PARAM_FILE", &f.file);
+            if truncated {
+                ctx.log(format!(
+                    "params are {} bytes, more than fit in one argument or environment variable ({MAX_INLINE_PARAM_BYTES} bytes): XXL_JOB_PARAM is empty and XXL_JOB_PARAM_TRUNCATED=1; the params are in the file named by XXL_JOB_PARAM_FILE",
+                    params.len()
+                ));
+            }
+            Ok(Some(f))
+        }
+        Err((dir, e)) if truncated => {
+            let msg = format!(
+                "params are {} bytes, more than fit in XXL_JOB_PARAM ({MAX_INLINE_PARAM_BYTES} bytes), and the params file could not be written in {}: {e}; set TMPDIR to a writable directory",
+                params.len(),
+                dir.display()
+            );
+            ctx.log(&msg);
+            Err(msg)
+        }
+        Err((dir, e)) => {
+            // The params are all in XXL_JOB_PARAM: run without the file rather than fail.
+            ctx.log(format!(
+                "XXL_JOB_PARAM_FILE is not set: cannot write the params file in {}: {e}",
+                dir.display()
+            ));
+            Ok(None)
+        }
+    }
+}
+
+/// The run's params in a file of its own: a fresh directory (mode 0700) in the temp dir
+/// (`TMPDIR`) holding `params` (mode 0600), so no other user reads or swaps it. Removed when
+/// dropped: at the end of the run, or when the run's future is aborted.
+#[derive(Debug)]
+struct ParamFile {
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl ParamFile {
+    async fn write(params: &str, ctx: &JobContext) -> Result<Self, (PathBuf, std::io::Error)> {
+        let base = std::env::temp_dir();
+        let err = |e| (base.clone(), e);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut attempt = 0u32;
+        let dir = loop {
+            // `mkdir` fails on any existing name (a symlink included), so the directory is ours.
+            let dir = base.join(format!(
+                "xxl-edge-{}-{}-{nanos:x}-{attempt}",
+                std::process::id(),
+                ctx.log_id
+            ));
+            match tokio::fs::DirBuilder::new().mode(0o700).create(&dir).await {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(err(e)),
+            }
+        };
+        let me = Self {
+            file: dir.join("params"),
+            dir,
+        };
+        let mut f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&me.file)
+            .await
+            .map_err(err)?;
+        f.write_all(params.as_bytes()).await.map_err(err)?;
+        f.flush().await.map_err(err)?;
+        Ok(me)
+    }
+}
+
+impl Drop for ParamFile {
+    fn drop(&mut self) {
+        // Two unlinks in a directory only we write: cheap enough to do in place.
+        let _ = std::fs::remove_file(&self.file);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// A configured argv that `{params}` made longer than Linux takes for one argument: the
+/// failure message, naming the fix.
+fn argv_too_long(templates: &[String], argv: &[String], params_len: usize) -> Option<String> {
+    let (i, arg) = argv
+        .iter()
+        .enumerate()
+        .find(|(_, a)| a.len() >= MAX_ARG_STRLEN)?;
+    let how = if templates
+        .get(i)
+        .is_some_and(|t| Placeholders::names_params(t))
+    {
+        format!(" after {{params}} was expanded (params are {params_len} bytes)")
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "command argument {i} is {} bytes{how}, more than Linux allows in one argument ({} bytes); let the command read the params from the file named by XXL_JOB_PARAM_FILE instead of {{params}} in its argv",
+        arg.len(),
+        MAX_ARG_STRLEN - 1
+    ))
+}
+
+fn is_e2big(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(nix::errno::Errno::E2BIG as i32)
 }
 
 fn describe_exit(what: &str, status: ExitStatus) -> String {
