@@ -22,6 +22,7 @@ use crate::report::Reporter;
 use crate::runlog::RunLogs;
 use crate::runner::{Recovered, Runner};
 use crate::store::{Store, StoreError};
+use crate::telemetry::events::{internal_error, Op};
 use crate::telemetry::Metrics;
 
 /// An executor failure (not a job failure: those are outcomes).
@@ -115,11 +116,16 @@ impl ExecutorBuilder {
             let m = metrics.clone();
             store.set_flush_observer(Arc::new(move |d| m.flushed(d)));
         }
-        let logs = RunLogs::new(
-            store.clone(),
-            config.store.max_log_bytes_per_run,
-            |e: &StoreError| tracing::warn!(error = %e, "Cannot write a run log line."),
-        );
+        let logs = {
+            let m = metrics.clone();
+            RunLogs::new(
+                store.clone(),
+                config.store.max_log_bytes_per_run,
+                move |e: &StoreError| {
+                    internal_error!(m, Op::LogWrite, e, "Cannot write a run log line.")
+                },
+            )
+        };
         let outbox_ready = Arc::new(Notify::new());
         let runner = Runner::new(
             config.runner.clone(),
@@ -337,7 +343,7 @@ impl Executor {
         let (store, runner) = (self.store.clone(), self.runner.clone());
         let dir = self.config.executor.data_dir.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            Snapshot::take(&store, &runner, store.size_on_disk()).write(&dir);
+            let _ = Snapshot::take(&store, &runner, store.size_on_disk()).write(&dir);
             store.flush_now()
         })
         .await
@@ -399,8 +405,9 @@ async fn maintain(
             let s = store.clone();
             match tokio::task::spawn_blocking(move || s.prune(retention)).await {
                 Ok(Ok(n)) if n > 0 => tracing::info!(pruned = n, "Pruned finished runs."),
-                Ok(Err(e)) => tracing::warn!(error = %e, "Pruning failed."),
-                _ => {}
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => internal_error!(metrics, Op::Prune, e, "Pruning failed."),
+                Err(e) => internal_error!(metrics, Op::TaskPanic, e, "The pruning task failed."),
             }
             last_prune = Some(Instant::now());
         }
@@ -408,8 +415,13 @@ async fn maintain(
         let snap = Snapshot::take(&store, &runner, size);
         if last_snapshot.as_ref() != Some(&snap) {
             let (to_write, dir) = (snap.clone(), config.executor.data_dir.clone());
-            let _ = tokio::task::spawn_blocking(move || to_write.write(&dir)).await;
-            last_snapshot = Some(snap);
+            match tokio::task::spawn_blocking(move || to_write.write(&dir)).await {
+                Ok(Ok(())) => last_snapshot = Some(snap),
+                Ok(Err(e)) => {
+                    internal_error!(metrics, Op::Snapshot, e, "Cannot write the state snapshot.")
+                }
+                Err(e) => internal_error!(metrics, Op::TaskPanic, e, "The snapshot task failed."),
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
@@ -446,12 +458,11 @@ impl Snapshot {
         }))
     }
 
-    fn write(&self, dir: &std::path::Path) {
+    fn write(&self, dir: &std::path::Path) -> std::io::Result<()> {
         let mut v = self.0.clone();
         v["written_ms"] = crate::clock::now_ms().into();
         let tmp: PathBuf = dir.join(format!(".{SNAPSHOT_FILE}.tmp"));
-        if std::fs::write(&tmp, v.to_string()).is_ok() {
-            let _ = std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE));
-        }
+        std::fs::write(&tmp, v.to_string())?;
+        std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))
     }
 }

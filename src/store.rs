@@ -481,13 +481,15 @@ impl Store {
         }
     }
 
-    /// Removes a run that was never acknowledged to the admin (its `/run` failed after all).
+    /// Removes a run that was never acknowledged to the admin (its `/run` failed after all). It
+    /// may already be marked running: its worker marks it while `/run` waits for the same flush,
+    /// and starts nothing before it knows the answer.
     ///
     /// # Errors
     /// I/O.
     pub fn forget_accepted(&self, id: LogId) -> Result<()> {
         if let Some(rec) = self.run(id)? {
-            if rec.state == RunState::Accepted {
+            if matches!(rec.state, RunState::Accepted | RunState::Running) {
                 self.inner.runs.remove(run_key(id))?;
                 if let Some(k) = rec.idempotency_key {
                     self.release_key(&k, id)?;

@@ -275,9 +275,10 @@ async fn log_pages_are_bounded_in_lines_and_bytes() {
 async fn with_the_defaults_one_page_holds_a_finished_run_whose_output_filled_its_cap() {
     let probe = tempfile::tempdir().unwrap();
     let defaults = test_config(probe.path(), "http://127.0.0.1:9", "");
-    // 100-byte lines (with the newline) up to exactly the cap: nothing is truncated.
+    // 99-byte lines up to the cap, where each line costs its bytes plus 16 (README,
+    // `store.max_log_bytes_per_run`), less a little for the start line: nothing is truncated.
     let line = "x".repeat(99);
-    let n = defaults.store.max_log_bytes_per_run / 100;
+    let n = defaults.store.max_log_bytes_per_run / (99 + 16) - 8;
     let (admin, ex, _p, _d) = setup(&format!(
         "[handlers.fill]\ncommand = [\"sh\", \"-c\", \"yes {line} | head -n {n}\"]\n"
     ))

@@ -29,6 +29,7 @@ use crate::handler::{self, Handler, ScriptHandler};
 use crate::job::{reason, Glue, GlueKind, JobId, LogId, Outcome, OutcomeKind, Trigger};
 use crate::runlog::RunLogs;
 use crate::store::{KeyCheck, Store, StoreError};
+use crate::telemetry::events::{internal_error, Op};
 use crate::telemetry::{Metrics, TriggerResult};
 
 pub use admission::Refusal;
@@ -344,7 +345,7 @@ impl Runner {
             Err(e) => {
                 // The worker drops it when its turn comes: a refused trigger never runs.
                 let _ = admitted_tx.send(false);
-                self.store_failed("flush the journal before answering /run", &e);
+                self.store_refused("flush the journal before answering /run", &e);
                 Err(store_refusal(e))
             }
         }
@@ -354,7 +355,7 @@ impl Runner {
         self.inner.store.insert_accepted(t).map_err(|e| match e {
             StoreError::Duplicate(_) => Refusal::repeat(t.log_id),
             e => {
-                self.store_failed("write an accepted trigger to the journal", &e);
+                self.store_refused("write an accepted trigger to the journal", &e);
                 store_refusal(e)
             }
         })
@@ -363,7 +364,11 @@ impl Runner {
     /// Removes a trigger that was written to the journal but not accepted after all.
     fn forget(&self, id: LogId) {
         if let Err(e) = self.inner.store.forget_accepted(id) {
-            self.store_failed("remove a refused trigger from the journal", &e);
+            self.store_failed(
+                Op::JournalWrite,
+                "remove a refused trigger from the journal",
+                &e,
+            );
         }
     }
 
@@ -382,7 +387,7 @@ impl Runner {
             return Ok(None);
         };
         let check = self.inner.store.check_key_readonly(&key).map_err(|e| {
-            self.store_failed("check an idempotency key", &e);
+            self.store_refused("check an idempotency key", &e);
             store_refusal(e)
         })?;
         let KeyCheck::Succeeded(prev) = check else {
@@ -391,7 +396,7 @@ impl Runner {
         self.insert_accepted(t)?;
         if let Err(e) = self.inner.store.durable().await {
             self.forget(t.log_id);
-            self.store_failed("flush the journal before answering /run", &e);
+            self.store_refused("flush the journal before answering /run", &e);
             return Err(store_refusal(e));
         }
         self.finish_duplicate(t, &key, prev);
@@ -446,15 +451,23 @@ impl Runner {
             }
             Ok(false) => {}
             Err(e) => self.store_failed(
+                Op::RecordOutcome,
                 "record a run's outcome (it will be reported as interrupted after a restart)",
                 &e,
             ),
         }
     }
 
-    /// A store error the runner handles by refusing or failing a run: logged (and counted).
-    fn store_failed(&self, what: &str, e: &StoreError) {
-        tracing::error!(error = %e, "Cannot {what}.");
+    /// A store error the admin hears of (a refused trigger, counted in
+    /// `xxl_edge_triggers_total{result="store_error"}`): logged only.
+    fn store_refused(&self, what: &str, e: &StoreError) {
+        tracing::warn!(error = %e, what, "A store operation failed; the trigger is refused.");
+    }
+
+    /// A store error nobody is told of directly: logged and counted
+    /// (`xxl_edge_internal_errors_total{op}`).
+    fn store_failed(&self, op: Op, what: &str, e: &StoreError) {
+        internal_error!(self.inner.metrics, op, e, "A store operation failed.", what);
     }
 
     /// `/idleBeat`: true when the job runs or has queued triggers.

@@ -16,6 +16,7 @@ use super::{lock, Resolved, Runner};
 use crate::handler::{Handler, JobContext, JobLog};
 use crate::job::{reason, JobId, LogId, Outcome, OutcomeKind, Trigger, CODE_TIMEOUT};
 use crate::store::{KeyCheck, StoreError};
+use crate::telemetry::events::Op;
 
 /// One job's worker. It lives in the runner's map until it is stopped or reclaimed.
 pub(super) struct Worker {
@@ -158,6 +159,18 @@ impl Worker {
     }
 }
 
+/// What [`Runner::prepare_run`] found.
+enum Prep {
+    /// Start the handler.
+    Run,
+    /// The idempotency key matched a success; recorded as a duplicate.
+    Duplicate,
+    /// `/run` refused the trigger after all: it never runs and leaves no callback.
+    Refused,
+    /// A store error: the run fails without starting.
+    Failed(Op, &'static str, StoreError),
+}
+
 enum End {
     Done(Result<Outcome, tokio::task::JoinError>),
     Timeout,
@@ -188,10 +201,7 @@ impl Runner {
             match next {
                 Some(q) => {
                     self.inner.metrics.queued.dec();
-                    let mut q = q;
-                    if self.admitted(&mut q).await {
-                        self.run_one(&w, q).await;
-                    }
+                    self.run_one(&w, q).await;
                     let jobs = lock(&self.inner.jobs);
                     let in_map = jobs.get(&w.job_id).is_some_and(|cur| Arc::ptr_eq(cur, &w));
                     let mut st = lock(&w.state);
@@ -216,8 +226,8 @@ impl Runner {
     /// Waits for `/run` to know whether the acceptance is on disk. A refused trigger is dropped
     /// (and taken out of the journal); one whose request went away before it knew is run only
     /// once a flush has succeeded.
-    async fn admitted(&self, q: &mut Queued) -> bool {
-        let Some(rx) = q.admitted.take() else {
+    async fn admitted(&self, admitted: Option<oneshot::Receiver<bool>>, id: LogId) -> bool {
+        let Some(rx) = admitted else {
             return true;
         };
         let ok = match rx.await {
@@ -225,7 +235,7 @@ impl Runner {
             Err(_) => self.inner.store.durable().await.is_ok(),
         };
         if !ok {
-            self.forget(q.trigger.log_id);
+            self.forget(id);
         }
         ok
     }
@@ -248,10 +258,10 @@ impl Runner {
         use tracing::Instrument;
         let Queued {
             trigger,
+            admitted,
             accepted_at,
             span,
             wait_span,
-            ..
         } = q;
         drop(wait_span);
         let run_span = tracing::debug_span!(
@@ -269,44 +279,70 @@ impl Runner {
             xxl.job.outcome.code = tracing::field::Empty,
             xxl.job.outcome = tracing::field::Empty,
         );
-        self.run_traced(w, trigger, accepted_at, run_span.clone())
+        self.run_traced(w, trigger, admitted, accepted_at, run_span.clone())
             .instrument(run_span)
             .await;
     }
 
-    /// Everything the journal needs before a handler may start: the idempotency key, the
-    /// "running" mark, and both on disk. `Err` fails the run without starting it; `Ok(false)`
-    /// means the key matched a success and the run was recorded as a duplicate.
+    /// Everything the journal needs before a handler may start: the trigger's admission, the
+    /// idempotency key, the "running" mark, and all of it on disk.
+    ///
+    /// The "running" mark is written before the admission is known so that its flush is the
+    /// same group commit as the one `/run` waits for (one flush per run, not two in a row); a
+    /// refused trigger is then taken out of the journal before anything ran. A handler with an
+    /// idempotency key waits for the admission first: a refused trigger must leave no
+    /// "duplicate" callback behind.
     async fn prepare_run(
         &self,
         w: &Worker,
         t: &Trigger,
-    ) -> Result<bool, (&'static str, StoreError)> {
+        admitted: Option<oneshot::Receiver<bool>>,
+    ) -> Prep {
         let store = &self.inner.store;
         let key = w.handler.key_for(t);
+        let mut admitted = Some(admitted);
         if let Some((k, ttl)) = &key {
+            if !self.admitted(admitted.take().flatten(), t.log_id).await {
+                return Prep::Refused;
+            }
             match store.check_key(k, t.log_id, *ttl) {
                 Ok(KeyCheck::Succeeded(prev)) => {
                     self.finish_duplicate(t, k, prev);
-                    return Ok(false);
+                    return Prep::Duplicate;
                 }
                 Ok(_) => {}
-                Err(e) => return Err(("check its idempotency key", e)),
+                Err(e) => return Prep::Failed(Op::KeyCheck, "check its idempotency key", e),
             }
         }
-        store
-            .mark_running(t.log_id, key.map(|(k, _)| k))
-            .map_err(|e| ("mark it started", e))?;
+        if let Err(e) = store.mark_running(t.log_id, key.map(|(k, _)| k)) {
+            return Prep::Failed(Op::MarkRunning, "mark it started", e);
+        }
         // "Running" must be on disk before the handler starts: that is what makes a crash
         // during the run end in an "interrupted" callback instead of a second execution.
-        store
-            .durable()
-            .await
-            .map_err(|e| ("flush its start to disk", e))?;
-        Ok(true)
+        if let Err(e) = store.durable().await {
+            if let Some(a) = admitted.take() {
+                if !self.admitted(a, t.log_id).await {
+                    return Prep::Refused;
+                }
+            }
+            return Prep::Failed(Op::Flush, "flush its start to disk", e);
+        }
+        if let Some(a) = admitted.take() {
+            if !self.admitted(a, t.log_id).await {
+                return Prep::Refused;
+            }
+        }
+        Prep::Run
     }
 
-    async fn run_traced(&self, w: &Worker, t: Trigger, accepted_at: Instant, span: tracing::Span) {
+    async fn run_traced(
+        &self,
+        w: &Worker,
+        t: Trigger,
+        admitted: Option<oneshot::Receiver<bool>>,
+        accepted_at: Instant,
+        span: tracing::Span,
+    ) {
         let inner = &self.inner;
         let label = self.label(&t);
         inner
@@ -315,11 +351,11 @@ impl Runner {
             .with_label_values(&[&label])
             .observe(accepted_at.elapsed().as_secs_f64());
         let log = inner.logs.open(t.log_id);
-        match self.prepare_run(w, &t).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err((what, e)) => {
-                self.store_failed(&format!("{what} before a run"), &e);
+        match self.prepare_run(w, &t, admitted).await {
+            Prep::Run => {}
+            Prep::Duplicate | Prep::Refused => return,
+            Prep::Failed(op, what, e) => {
+                self.store_failed(op, what, &e);
                 let msg = format!(
                     "xxl-edge could not {what} in its run journal, so the handler was not run: {e}"
                 );
