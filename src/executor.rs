@@ -342,7 +342,7 @@ impl Executor {
         }
         let (store, runner) = (self.store.clone(), self.runner.clone());
         let dir = self.config.executor.data_dir.clone();
-        let _ = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let _ = Snapshot::take(&store, &runner, store.size_on_disk()).write(&dir);
             store.flush_now()
         })
