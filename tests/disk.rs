@@ -98,6 +98,28 @@ fn on_a_leaked_runtime(f: impl std::future::Future<Output = ()>) {
     std::mem::forget(rt);
 }
 
+/// An executor whose data directory is on a 32 MiB tmpfs, with the executor's own free-space
+/// threshold off, so that the store itself meets the full disk.
+async fn on_a_small_tmpfs() -> (tempfile::TempDir, Tmpfs, FakeAdmin, Probe, TestExecutor) {
+    let mnt = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(mnt.path(), "32m") else {
+        panic!(
+            "cannot mount a tmpfs here: this test needs root, as on the project's machines and CI"
+        );
+    };
+    let admin = FakeAdmin::start().await;
+    let probe = Probe::new();
+    let data = mnt.path().join("data");
+    let mut cfg = test_config(&data, &admin.url(), "cache_bytes = 1048576\n");
+    cfg.store.min_free_bytes = 0;
+    let ex = TestExecutor::start(sample_handlers(
+        xxl_edge::Executor::builder().config(cfg),
+        &probe,
+    ))
+    .await;
+    (mnt, fs, admin, probe, ex)
+}
+
 /// Fills the file system to the last byte (the executor's own threshold is off in these tests,
 /// so that the store itself meets the full disk).
 fn fill_up(dir: &Path) -> PathBuf {
@@ -124,20 +146,7 @@ fn fill_up(dir: &Path) -> PathBuf {
 #[test]
 fn a_store_error_before_a_run_fails_it_instead_of_running_it() {
     on_a_leaked_runtime(async {
-        let mnt = tempfile::tempdir().unwrap();
-        let Some(_fs) = Tmpfs::mount(mnt.path(), "32m") else {
-            panic!("cannot mount a tmpfs here: this test needs root, as on the project's machines and CI");
-        };
-        let admin = FakeAdmin::start().await;
-        let probe = Probe::new();
-        let data = mnt.path().join("data");
-        let mut cfg = test_config(&data, &admin.url(), "cache_bytes = 1048576\n");
-        cfg.store.min_free_bytes = 0;
-        let ex = TestExecutor::start(sample_handlers(
-            xxl_edge::Executor::builder().config(cfg),
-            &probe,
-        ))
-        .await;
+        let (mnt, _fs, _admin, probe, ex) = on_a_small_tmpfs().await;
         assert_eq!(ex.run(1, "gateJobHandler", 1, json!({})).await, ok());
         probe.started(1).await;
         // Accepted (on disk) while the disk still had room; it waits behind run 1. Its large
@@ -162,20 +171,7 @@ fn a_store_error_before_a_run_fails_it_instead_of_running_it() {
 #[test]
 fn a_trigger_refused_because_the_flush_failed_never_runs() {
     on_a_leaked_runtime(async {
-        let mnt = tempfile::tempdir().unwrap();
-        let Some(_fs) = Tmpfs::mount(mnt.path(), "32m") else {
-            panic!("cannot mount a tmpfs here: this test needs root, as on the project's machines and CI");
-        };
-        let admin = FakeAdmin::start().await;
-        let probe = Probe::new();
-        let data = mnt.path().join("data");
-        let mut cfg = test_config(&data, &admin.url(), "cache_bytes = 1048576\n");
-        cfg.store.min_free_bytes = 0;
-        let ex = TestExecutor::start(sample_handlers(
-            xxl_edge::Executor::builder().config(cfg),
-            &probe,
-        ))
-        .await;
+        let (mnt, _fs, _admin, probe, ex) = on_a_small_tmpfs().await;
         let _filler = fill_up(mnt.path());
         let big = "p".repeat(2 << 20);
         let r = ex
