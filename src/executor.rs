@@ -27,6 +27,7 @@ use crate::telemetry::Metrics;
 
 /// An executor failure (not a job failure: those are outcomes).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The store cannot be used.
     #[error(transparent)]

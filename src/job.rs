@@ -30,6 +30,7 @@ impl fmt::Display for LogId {
 
 /// What to do with a trigger when its job is already running or has queued triggers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum BlockStrategy {
     /// Queue behind the running one (also the meaning of unknown or absent values).
     Serial,
@@ -61,6 +62,7 @@ impl BlockStrategy {
 
 /// A GLUE script language the admin can send source for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum GlueKind {
     /// `GLUE_SHELL`, run with `bash`.
     Shell,
@@ -290,6 +292,7 @@ impl Outcome {
 
 /// Why a run ended the way it did, for metrics (bounded) and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum OutcomeKind {
     /// Code 200.
     Success,
@@ -321,6 +324,7 @@ impl OutcomeKind {
 
 /// Where a run is in its life; the journal stores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum RunState {
     /// `/run` answered 200; not started.
     Accepted,

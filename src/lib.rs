@@ -41,21 +41,37 @@
 
 #![warn(missing_docs)]
 
-pub mod admin;
-pub mod api;
-pub mod clock;
+// What an embedding user needs.
+pub mod client;
 pub mod config;
 pub mod executor;
 pub mod handler;
 pub mod job;
-pub mod registry;
-pub mod report;
-mod runlog;
-pub mod runner;
-pub mod store;
+pub mod state;
 pub mod telemetry;
 
-pub use config::Config;
-pub use executor::{Executor, ExecutorBuilder, RecoveryReport};
+// The executor's parts: crate-private. The `internals` feature makes three of them public for the
+// project's own micro benchmarks only; nothing there is a stable interface.
+#[cfg(feature = "internals")]
+pub mod admin;
+#[cfg(not(feature = "internals"))]
+pub(crate) mod admin;
+#[cfg(feature = "internals")]
+pub mod api;
+#[cfg(not(feature = "internals"))]
+pub(crate) mod api;
+pub(crate) mod clock;
+pub(crate) mod registry;
+pub(crate) mod report;
+mod runlog;
+pub(crate) mod runner;
+#[cfg(feature = "internals")]
+pub mod store;
+#[cfg(not(feature = "internals"))]
+pub(crate) mod store;
+
+pub use config::{Config, ConfigError, Secret};
+pub use executor::{Error, Executor, ExecutorBuilder, RecoveryReport};
 pub use handler::{Handler, IntoOutcome, JobContext, JobHandler};
 pub use job::{JobId, LogId, Outcome, Trigger};
+pub use store::StoreError;

@@ -9,13 +9,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use xxl_edge::admin::wire::{ExecutorReply, LogParam, LogResult, TriggerParam};
-use xxl_edge::admin::TOKEN_HEADER;
+use xxl_edge::client::{self, ExecutorAddress};
 use xxl_edge::config::{Config, ConfigError, Env, Overrides, Secret};
-use xxl_edge::executor::SNAPSHOT_FILE;
 use xxl_edge::job::{BlockStrategy, Glue, JobId, LogId, Trigger};
-use xxl_edge::store::{Store, StoreError};
-use xxl_edge::{clock, telemetry, Executor};
+use xxl_edge::state::{self, State, StateError};
+use xxl_edge::{telemetry, Executor};
 
 const EX_USAGE: u8 = 64;
 /// The handler name of the admin's sample job.
@@ -313,7 +311,9 @@ async fn trigger(a: TriggerArgs) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    let now = clock::now_ms();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     let t = Trigger {
         job_id: JobId(a.job_id),
         log_id: LogId(a.log_id.unwrap_or(now)),
@@ -326,102 +326,26 @@ async fn trigger(a: TriggerArgs) -> ExitCode {
         shard_index,
         shard_total,
     };
-    let base = a.executor.trim_end_matches('/').to_string();
-    let http = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("xxl-edge: {e}");
-            return ExitCode::FAILURE;
-        }
+    let to = ExecutorAddress {
+        url: a.executor.clone(),
+        token: a.token.clone().unwrap_or_default(),
     };
-    let token = a.token.clone().unwrap_or_default();
-    let post = |path: &str, body: String| {
-        http.post(format!("{base}{path}"))
-            .header(TOKEN_HEADER, token.expose())
-            .header("Content-Type", "application/json;charset=UTF-8")
-            .body(body)
-            .send()
-    };
-    let body = serde_json::to_string(&TriggerParam::from(&t)).unwrap_or_default();
-    let reply: ExecutorReply<serde_json::Value> = match post("/run", body).await {
-        Ok(r) => {
-            match r.json().await {
-                Ok(v) => v,
-                Err(e) => {
-                    eprintln!("xxl-edge: {base}/run answered something that is not the XXL-JOB envelope: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
+    let shown = std::cell::Cell::new(false);
+    let res = client::trigger_and_follow(&to, &t, Duration::from_secs(a.wait), |page| {
+        if !shown.replace(true) {
+            eprintln!("accepted: jobId {} logId {}", t.job_id, t.log_id);
         }
-        Err(e) => {
-            eprintln!("xxl-edge: cannot reach {base}/run: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if reply.code != 200 {
-        eprintln!(
-            "xxl-edge: trigger refused (code {}): {}",
-            reply.code,
-            reply.msg.unwrap_or_default()
-        );
-        return ExitCode::FAILURE;
-    }
-    eprintln!("accepted: jobId {} logId {}", t.job_id, t.log_id);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(a.wait);
-    let mut from = 1;
-    let mut result: Option<i32> = None;
-    while tokio::time::Instant::now() < deadline {
-        let p = LogParam {
-            log_date_tim: t.log_date_time,
-            log_date_time: t.log_date_time,
-            log_id: t.log_id.0,
-            from_line_num: from,
-        };
-        let body = serde_json::to_string(&p).unwrap_or_default();
-        let page: Option<LogResult> = match post("/log", body).await {
-            Ok(r) => r
-                .json::<ExecutorReply<LogResult>>()
-                .await
-                .ok()
-                .and_then(ExecutorReply::payload),
-            Err(_) => None,
-        };
-        let mut progressed = false;
-        if let Some(page) = page {
-            if page.to_line_num >= from && !page.is_end {
-                print!("{}", page.log_content);
-                for line in page.log_content.lines() {
-                    if let Some(code) = line
-                        .split("Result: handleCode=")
-                        .nth(1)
-                        .and_then(|r| r.split(',').next())
-                        .and_then(|c| c.trim().parse().ok())
-                    {
-                        result = Some(code);
-                    }
-                }
-                from = page.to_line_num + 1;
-                progressed = true;
-            }
-        }
-        if result.is_some() && !progressed {
-            break;
-        }
-        if !progressed {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-    match result {
-        Some(200) => ExitCode::SUCCESS,
-        Some(code) => {
-            eprintln!("run failed with handleCode={code}");
+        print!("{page}");
+    })
+    .await;
+    match res {
+        Ok(o) if o.is_success() => ExitCode::SUCCESS,
+        Ok(o) => {
+            eprintln!("run failed with handleCode={}", o.code);
             ExitCode::FAILURE
         }
-        None => {
-            eprintln!("gave up waiting for the run to finish after {} s", a.wait);
+        Err(e) => {
+            eprintln!("xxl-edge: {e}");
             ExitCode::FAILURE
         }
     }
@@ -452,87 +376,66 @@ fn state(a: StateArgs) -> ExitCode {
         },
         (None, None) => PathBuf::from("./data"),
     };
-    if !dir.join("store").exists() {
-        eprintln!(
-            "xxl-edge: no store in {} (nothing has run here yet)",
-            dir.display()
-        );
-        return ExitCode::FAILURE;
-    }
     let Some(rt) = runtime(1) else {
         return ExitCode::FAILURE;
     };
-    rt.block_on(async move {
-        let cfg = Config::defaults().store;
-        match Store::open_waiting(&dir, cfg, Duration::ZERO) {
-            Ok(store) => print_state(&store, a.recent),
-            Err(StoreError::Locked { .. }) => {
-                // The executor is running and holds the lock: read its snapshot.
-                match std::fs::read_to_string(dir.join(SNAPSHOT_FILE)) {
-                    Ok(s) => {
-                        println!(
-                            "executor is running; snapshot from {}:",
-                            dir.join(SNAPSHOT_FILE).display()
-                        );
-                        match serde_json::from_str::<serde_json::Value>(&s) {
-                            Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(s)),
-                            Err(_) => println!("{s}"),
-                        }
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("xxl-edge: the store is in use and no snapshot is readable: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
-            }
-            Err(e) => {
-                eprintln!("xxl-edge: {e}");
-                ExitCode::from(EX_STORE)
-            }
+    match rt.block_on(async move { state::read(&dir, a.recent) }) {
+        Ok(s) => {
+            print_state(&s);
+            ExitCode::SUCCESS
         }
-    })
-}
-
-fn print_state(store: &Store, recent: usize) -> ExitCode {
-    let stats = match store.stats() {
-        Ok(s) => s,
+        Err(e @ (StateError::NoStore(_) | StateError::Snapshot(_))) => {
+            eprintln!("xxl-edge: {e}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("xxl-edge: {e}");
-            return ExitCode::from(EX_STORE);
+            ExitCode::from(EX_STORE)
         }
-    };
-    println!("executor is stopped; read from the store:");
-    println!("runs in journal      {}", stats.runs);
-    println!("  queued (accepted)  {}", stats.accepted);
-    println!("  running            {}", stats.running);
-    println!("  finished           {}", stats.finished);
-    println!("  reported           {}", stats.reported);
-    println!("outbox backlog       {}", stats.outbox_len);
-    println!(
-        "outbox oldest age    {}",
-        stats
-            .outbox_oldest_age
-            .map_or("-".to_string(), |d| format!("{} s", d.as_secs()))
-    );
-    println!("store size on disk   {} bytes", stats.disk_bytes);
-    println!("recent runs (newest first):");
-    println!(
-        "  {:>14} {:>8} {:<24} {:<9} {:>5}  accepted",
-        "logId", "jobId", "handler", "state", "code"
-    );
-    for r in store.recent_runs(recent).unwrap_or_default() {
-        println!(
-            "  {:>14} {:>8} {:<24} {:<9} {:>5}  {}",
-            r.trigger.log_id.0,
-            r.trigger.job_id.0,
-            r.trigger.handler_label(),
-            r.state.as_str(),
-            r.outcome
-                .as_ref()
-                .map_or("-".to_string(), |o| o.code.to_string()),
-            clock::format_ts(r.accepted_ms)
-        );
     }
-    ExitCode::SUCCESS
+}
+
+fn print_state(s: &State) {
+    match s {
+        State::Running { path, snapshot } => {
+            println!("executor is running; snapshot from {}:", path.display());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(snapshot).unwrap_or_default()
+            );
+        }
+        State::Stopped { counts, recent } => {
+            println!("executor is stopped; read from the store:");
+            println!("runs in journal      {}", counts.runs);
+            println!("  queued (accepted)  {}", counts.accepted);
+            println!("  running            {}", counts.running);
+            println!("  finished           {}", counts.finished);
+            println!("  reported           {}", counts.reported);
+            println!("outbox backlog       {}", counts.outbox_len);
+            println!(
+                "outbox oldest age    {}",
+                counts
+                    .outbox_oldest_age
+                    .map_or("-".to_string(), |d| format!("{} s", d.as_secs()))
+            );
+            println!("store size on disk   {} bytes", counts.disk_bytes);
+            println!("recent runs (newest first):");
+            println!(
+                "  {:>14} {:>8} {:<24} {:<9} {:>5}  accepted",
+                "logId", "jobId", "handler", "state", "code"
+            );
+            for r in recent {
+                println!(
+                    "  {:>14} {:>8} {:<24} {:<9} {:>5}  {}",
+                    r.log_id,
+                    r.job_id,
+                    r.handler,
+                    r.state,
+                    r.code.map_or("-".to_string(), |c| c.to_string()),
+                    r.accepted_at
+                );
+            }
+        }
+        _ => {}
+    }
 }

@@ -151,6 +151,7 @@ impl Reporter {
     }
 
     /// Replaces the default backoff (500 ms doubling to 30 s, randomly seeded).
+    #[cfg(test)]
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self

@@ -36,6 +36,7 @@ const SCHEMA_VERSION: u64 = 1;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// sled reported an I/O or internal error.
     #[error("store I/O error: {0}")]
@@ -189,8 +190,6 @@ pub struct Recovery {
     pub queued: Vec<RunRecord>,
     /// Started but not finished: the process died during the run.
     pub interrupted: Vec<RunRecord>,
-    /// Outbox entries still waiting.
-    pub outbox: u64,
     /// Runs in the journal.
     pub runs: u64,
 }
@@ -839,7 +838,6 @@ impl Store {
     /// I/O or a corrupt record.
     pub fn recover(&self) -> Result<Recovery> {
         let mut r = Recovery {
-            outbox: self.outbox_len(),
             ..Default::default()
         };
         for item in self.inner.runs.iter() {
@@ -1014,11 +1012,6 @@ impl Store {
             self.inner.logs.remove(k)?;
         }
         Ok(())
-    }
-
-    /// The per-run log byte cap.
-    pub fn max_log_bytes_per_run(&self) -> u64 {
-        self.inner.cfg.max_log_bytes_per_run
     }
 }
 

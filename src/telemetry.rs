@@ -16,6 +16,7 @@ pub mod events;
 /// Why `/run` refused a trigger, or that it accepted it: the `result` label of
 /// `xxl_edge_triggers_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TriggerResult {
     /// Accepted into the queue (and the journal).
     Accepted,

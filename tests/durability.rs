@@ -177,26 +177,3 @@ async fn relaxed_durability_still_delivers_everything() {
     run_demo_and_await_callbacks(&admin, &ex, 20).await;
     ex.shutdown().await;
 }
-
-#[tokio::test]
-async fn retention_prunes_reported_runs_and_their_logs() {
-    let admin = FakeAdmin::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let probe = Probe::new();
-    let cfg = test_config(dir.path(), &admin.url(), "");
-    let ex = TestExecutor::start(sample_handlers(Executor::builder().config(cfg), &probe)).await;
-    assert_eq!(ex.run(1, "demoJobHandler", 1, json!({})).await, ok());
-    ex.log_contains(1, "callback finish.").await;
-    ex.shutdown().await;
-    // Prune with an age of zero through the store API: reported runs and logs go; the journal
-    // still refuses nothing it has forgotten, so the logId could run again only after pruning.
-    let store =
-        xxl_edge::store::Store::open(dir.path(), xxl_edge::Config::defaults().store).unwrap();
-    assert!(store.has_run(xxl_edge::LogId(1)).unwrap());
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(store.prune(Some(Duration::from_millis(1))).unwrap(), 1);
-    assert!(store
-        .read_log(xxl_edge::LogId(1), 1, 10, 1 << 20)
-        .unwrap()
-        .is_none());
-}

@@ -324,6 +324,20 @@ pub struct LogParam {
     /// First line wanted, 1-based.
     #[serde(deserialize_with = "lenient_i32")]
     pub from_line_num: i32,
+    /// xxl-edge's own `trigger` command asks for the run's result with the page, as data. No
+    /// admin sends it, so what admins get is unchanged.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub xxl_edge_result: bool,
+}
+
+/// A finished run's result, sent with a `/log` page to xxl-edge's own tools that ask for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunResult {
+    /// The callback's `handleCode`.
+    pub handle_code: i32,
+    /// The callback's `handleMsg`.
+    pub handle_msg: Option<String>,
 }
 
 /// `/log` payload (`LogResult`).
@@ -338,6 +352,10 @@ pub struct LogResult {
     pub log_content: String,
     /// True only when the log does not exist.
     pub is_end: bool,
+    /// The run's result once it finished, only when the request asked for it
+    /// ([`LogParam::xxl_edge_result`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xxl_edge_result: Option<RunResult>,
 }
 
 /// `/api/registry` and `/api/registryRemove` body.
@@ -634,6 +652,7 @@ mod tests {
             to_line_num: 2,
             log_content: "a \"q\" <b>\n".into(),
             is_end: false,
+            xxl_edge_result: None,
         };
         assert_eq!(
             success_json(&page, 0).unwrap(),

@@ -178,3 +178,8 @@ mod tests {
         assert_eq!(b.after(&emfile), Some(Duration::from_millis(10)));
     }
 }
+
+/// On real sockets: hang-ups and graceful shutdown.
+#[cfg(test)]
+#[path = "serve_tests.rs"]
+mod socket_tests;

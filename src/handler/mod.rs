@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::clock;
 use crate::job::{JobId, LogId, Outcome, Trigger};
 
-pub use process::{CommandHandler, ScriptHandler};
+pub use process::CommandHandler;
+pub(crate) use process::ScriptHandler;
 
 /// A boxed future, as handlers return it.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -281,7 +282,7 @@ impl Registry {
 /// `{shardIndex}`) is data the admin sent and is copied as it is, never expanded again, so two
 /// different params can never render to the same key. Anything in braces that is not one of the
 /// five names stays literal.
-pub fn render_template(tpl: &str, t: &Trigger) -> String {
+pub(crate) fn render_template(tpl: &str, t: &Trigger) -> String {
     Placeholders {
         job_id: t.job_id,
         log_id: t.log_id,

@@ -476,3 +476,88 @@ fn panic_message(e: tokio::task::JoinError) -> String {
         .unwrap_or_else(|| "non-text panic payload".into());
     format!("job handler panicked: {text}")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::handler::Registry;
+    use crate::job::{BlockStrategy, Glue};
+    use crate::runlog::RunLogs;
+    use crate::store::Store;
+    use crate::telemetry::Metrics;
+
+    /// Polls a condition of the worker's state (bounded): the worker reports no event of its own.
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..2_000 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    /// Issue 9 #12, deterministically: the worker has already taken the trigger when `/run`
+    /// learns that its flush failed and refuses it. The handler must not run, and the trigger
+    /// leaves the journal (so a restart does not run it either).
+    #[tokio::test]
+    async fn a_trigger_refused_after_its_worker_took_it_never_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::defaults();
+        let store = Store::open(dir.path(), cfg.store.clone()).unwrap();
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let handler = Handler::new(move |_ctx: JobContext| {
+            let flag = flag.clone();
+            async move {
+                flag.store(true, Ordering::SeqCst);
+                Outcome::success()
+            }
+        });
+        let mut handlers = Registry::default();
+        handlers.insert("h", handler.clone());
+        let runner = Runner::new(
+            cfg.runner.clone(),
+            store.clone(),
+            RunLogs::new(store.clone(), 1 << 20, |_| {}),
+            Metrics::new().unwrap(),
+            handlers,
+            vec![],
+            dir.path().join("gluesource"),
+            Arc::default(),
+        );
+        let t = Trigger {
+            job_id: JobId(1),
+            log_id: LogId(10),
+            log_date_time: 1,
+            handler: "h".into(),
+            params: None,
+            block: BlockStrategy::Serial,
+            timeout: None,
+            glue: Glue::Bean,
+            shard_index: 0,
+            shard_total: 1,
+        };
+        store.insert_accepted(&t).unwrap();
+        let w = Worker::new(
+            t.job_id,
+            Resolved::Bean {
+                handler: handler.clone(),
+            },
+            handler,
+            runner.inner.busy_jobs.clone(),
+        );
+        let (admitted_tx, admitted_rx) = oneshot::channel();
+        lock(&runner.inner.jobs).insert(t.job_id, w.clone());
+        w.push(Queued::new(t.clone(), Some(admitted_rx)));
+        runner.spawn_worker(w.clone());
+        until("the worker took the trigger", || w.is_running()).await;
+        admitted_tx.send(false).unwrap();
+        until("the worker let go of it", || !w.busy()).await;
+        assert!(!ran.load(Ordering::SeqCst), "a refused trigger ran");
+        assert!(!store.has_run(t.log_id).unwrap(), "still in the journal");
+        assert_eq!(runner.inner.busy_jobs.load(Ordering::SeqCst), 0);
+    }
+}

@@ -1,4 +1,4 @@
-//! The accept loop (`xxl_edge::api::serve`) on a real listener with real sockets: a client that
+//! The accept loop on a real listener with real sockets: a client that
 //! leaves mid-request is normal traffic (DEBUG, never WARN or ERROR) and the server keeps
 //! answering; shutdown stops accepting but lets a request in flight finish.
 //!
@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::serve;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,7 +22,6 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 use warp::Filter;
-use xxl_edge::api::serve::serve;
 
 const GUARD: Duration = Duration::from_secs(20);
 

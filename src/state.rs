@@ -1,0 +1,131 @@
+//! What `xxl-edge state` shows: read from the store when the executor is stopped, from the
+//! snapshot the running executor writes when it holds the store's lock.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::executor::SNAPSHOT_FILE;
+use crate::store::{Store, StoreError};
+
+/// Why the state could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// Nothing has run with this data directory yet.
+    #[error("no store in {} (nothing has run here yet)", .0.display())]
+    NoStore(PathBuf),
+    /// The store cannot be used (corrupt, unknown schema).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The executor runs and its snapshot cannot be read.
+    #[error("the store is in use and no snapshot is readable: {0}")]
+    Snapshot(std::io::Error),
+}
+
+/// One run as `state` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    /// The run.
+    pub log_id: i64,
+    /// Its job.
+    pub job_id: i32,
+    /// The handler or GLUE kind.
+    pub handler: String,
+    /// `accepted`, `running`, `finished` or `reported`.
+    pub state: &'static str,
+    /// The outcome's code, once finished.
+    pub code: Option<i32>,
+    /// When `/run` accepted it, `yyyy-MM-dd HH:mm:ss` (UTC).
+    pub accepted_at: String,
+}
+
+/// Counts read from a stopped executor's store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Runs in the journal.
+    pub runs: u64,
+    /// Accepted, not started.
+    pub accepted: u64,
+    /// Started, not finished.
+    pub running: u64,
+    /// Finished, callback not yet acknowledged.
+    pub finished: u64,
+    /// Acknowledged by an admin.
+    pub reported: u64,
+    /// Callbacks waiting.
+    pub outbox_len: u64,
+    /// Age of the oldest waiting callback.
+    pub outbox_oldest_age: Option<Duration>,
+    /// The store's size on disk.
+    pub disk_bytes: u64,
+}
+
+/// The state of an executor's data directory.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum State {
+    /// The executor is stopped: read from the store.
+    Stopped {
+        /// Counts.
+        counts: Counts,
+        /// The most recent runs, newest first.
+        recent: Vec<RunSummary>,
+    },
+    /// The executor runs: its last snapshot (JSON).
+    Running {
+        /// The snapshot file.
+        path: PathBuf,
+        /// Its content.
+        snapshot: serde_json::Value,
+    },
+}
+
+/// Reads the state of `data_dir`, with at most `recent` runs listed. Never waits for the
+/// store's lock: a held lock means the executor runs, and its snapshot is read instead.
+///
+/// Must be called inside a tokio runtime (the store's group commit needs one).
+///
+/// # Errors
+/// [`StateError`].
+pub fn read(data_dir: &Path, recent: usize) -> Result<State, StateError> {
+    if !data_dir.join("store").exists() {
+        return Err(StateError::NoStore(data_dir.to_path_buf()));
+    }
+    match Store::open_waiting(data_dir, Config::defaults().store, Duration::ZERO) {
+        Ok(store) => {
+            let s = store.stats()?;
+            let counts = Counts {
+                runs: s.runs,
+                accepted: s.accepted,
+                running: s.running,
+                finished: s.finished,
+                reported: s.reported,
+                outbox_len: s.outbox_len,
+                outbox_oldest_age: s.outbox_oldest_age,
+                disk_bytes: s.disk_bytes,
+            };
+            let recent = store
+                .recent_runs(recent)?
+                .into_iter()
+                .map(|r| RunSummary {
+                    log_id: r.trigger.log_id.0,
+                    job_id: r.trigger.job_id.0,
+                    handler: r.trigger.handler_label(),
+                    state: r.state.as_str(),
+                    code: r.outcome.as_ref().map(|o| o.code),
+                    accepted_at: crate::clock::format_ts(r.accepted_ms),
+                })
+                .collect();
+            Ok(State::Stopped { counts, recent })
+        }
+        Err(StoreError::Locked { .. }) => {
+            let path = data_dir.join(SNAPSHOT_FILE);
+            let text = std::fs::read_to_string(&path).map_err(StateError::Snapshot)?;
+            let snapshot = serde_json::from_str(&text)
+                .unwrap_or_else(|_| serde_json::Value::String(text.clone()));
+            Ok(State::Running { path, snapshot })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
