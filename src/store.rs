@@ -614,33 +614,20 @@ impl Store {
         }
     }
 
-    /// Puts a large trigger's text back into its record, from its file.
-    fn load_bulk(&self, mut rec: RunRecord) -> Result<RunRecord, (RunRecord, String)> {
-        let Some(b) = &rec.bulk else {
-            return Ok(rec);
-        };
+    /// Reads a large trigger back from its file; the error says why it cannot be used.
+    fn read_bulk(&self, b: &Bulk, id: LogId) -> std::result::Result<Trigger, String> {
         let path = self.inner.bulk_dir.join(&b.file);
-        let read = std::fs::read(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))
-            .and_then(|v| {
-                serde_json::from_slice::<Trigger>(&v)
-                    .map_err(|e| format!("{} does not decode: {e}", path.display()))
-            });
-        match read {
-            Ok(t) if t.log_id == rec.trigger.log_id => {
-                rec.trigger = t;
-                Ok(rec)
-            }
-            Ok(t) => Err((
-                rec,
-                format!(
-                    "{} holds logId {}, not this run's",
-                    path.display(),
-                    t.log_id.0
-                ),
-            )),
-            Err(msg) => Err((rec, msg)),
+        let v = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let t = serde_json::from_slice::<Trigger>(&v)
+            .map_err(|e| format!("{} does not decode: {e}", path.display()))?;
+        if t.log_id != id {
+            return Err(format!(
+                "{} holds logId {}, not this run's",
+                path.display(),
+                t.log_id.0
+            ));
         }
+        Ok(t)
     }
 
     /// Removes a large trigger's file once the next flush has made its record's end durable.
@@ -1063,10 +1050,17 @@ impl Store {
         let mut lost = Vec::new();
         for runs in [&mut r.queued, &mut r.interrupted] {
             let mut kept = Vec::with_capacity(runs.len());
-            for rec in runs.drain(..) {
-                match self.load_bulk(rec) {
-                    Ok(rec) => kept.push(rec),
-                    Err(l) => lost.push(l),
+            for mut rec in runs.drain(..) {
+                let Some(b) = &rec.bulk else {
+                    kept.push(rec);
+                    continue;
+                };
+                match self.read_bulk(b, rec.trigger.log_id) {
+                    Ok(t) => {
+                        rec.trigger = t;
+                        kept.push(rec);
+                    }
+                    Err(why) => lost.push((rec, why)),
                 }
             }
             *runs = kept;
