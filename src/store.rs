@@ -1311,17 +1311,19 @@ fn write_bulk(dir: &Path, path: &Path, trigger: &Trigger) -> Result<()> {
         path: path.display().to_string(),
         source,
     };
-    let data = serde_json::to_vec(trigger)?;
+    // Streamed through a small buffer: encoding into one Vec first made a second multi-MiB
+    // copy (grown by doubling) for every large trigger.
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .and_then(|mut f| {
-            f.write_all(&data)?;
-            f.sync_all()
+        .and_then(|f| {
+            let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
+            serde_json::to_writer(&mut w, trigger).map_err(std::io::Error::from)?;
+            w.flush()?;
+            w.get_ref().sync_all()
         });
-    drop(data);
     if let Err(e) = written {
         let _ = std::fs::remove_file(path);
         return Err(err(e));
