@@ -8,6 +8,15 @@
 //!   inodes on small flash;
 //! - `meta`: schema version.
 //!
+//! Large trigger text (params and GLUE source over [`BULK_THRESHOLD`] bytes together) is kept out
+//! of sled, in a file per run under `store/params/`: sled keeps every version of a value in its
+//! page cache and log, so a 4 MiB trigger in a record that is written three times (accepted,
+//! running, finished) stayed resident three times over, and `store.cache_bytes` did not bound it.
+//! The record holds a [`Bulk`] marker naming the file. The file is written and fsynced before the
+//! record, and removed only after a flush that made the record's end (finished, forgotten,
+//! pruned) durable, so after a crash a record that needs its file finds it; a file no unfinished
+//! record names is an orphan and is removed at open.
+//!
 //! Durability: writes land in sled's memory first. [`Store::durable`] waits until they are on
 //! disk; concurrent callers share one flush (group commit), so an fsync is paid per batch of
 //! requests, not per request. With `store.flush_every_ms` set, `durable` returns at once and
@@ -16,6 +25,7 @@
 //! Only single-key operations: no sled transactions or batches (see [`Store::finish`] for why
 //! and for how the order of writes stands in for them).
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,10 +36,16 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::clock;
 use crate::config::StoreConfig;
-use crate::job::{Callback, LogId, Outcome, OutcomeKind, RunState, Trigger};
+use crate::job::{Callback, Glue, LogId, Outcome, OutcomeKind, RunState, Trigger};
 
 /// How long `serve` waits for the store's lock before it gives up.
 pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Params and GLUE source above this many bytes (together) are kept in a file, not in sled.
+pub const BULK_THRESHOLD: usize = 64 * 1024;
+
+/// The directory under `store/` that holds the large triggers.
+const BULK_DIR: &str = "params";
 
 /// Bump when the on-disk format changes incompatibly.
 const SCHEMA_VERSION: u64 = 1;
@@ -71,6 +87,14 @@ pub enum StoreError {
     /// A record did not decode.
     #[error("corrupt record: {0}")]
     Decode(#[from] serde_json::Error),
+    /// A large trigger's file could not be written, read or removed.
+    #[error("params file {path}: {source}")]
+    Bulk {
+        /// The file.
+        path: String,
+        /// What the file system said.
+        source: std::io::Error,
+    },
     /// The group-commit task stopped.
     #[error("the store is closed")]
     Closed,
@@ -86,6 +110,7 @@ impl StoreError {
             Self::DiskFull { .. } => "disk_full",
             Self::Duplicate(_) => "duplicate",
             Self::Decode(_) => "decode",
+            Self::Bulk { .. } => "params_file",
             Self::Closed => "closed",
         }
     }
@@ -118,13 +143,60 @@ pub struct RunRecord {
     /// not yet reported.
     #[serde(default)]
     pub outbox_seq: Option<u64>,
+    /// Set when the trigger's params and GLUE source were too large for the journal: `trigger`
+    /// then holds neither, and until the run ends its whole trigger is in this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bulk: Option<Bulk>,
+}
+
+/// Where a large trigger is kept while its run is unfinished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bulk {
+    /// File name under `store/params/`: `{logId}.{nonce}`, the nonce unique per write, so two
+    /// racing `/run`s of one logId never share a file and the loser removes only its own.
+    pub file: String,
+    /// Bytes of params and source together, for the record.
+    pub bytes: u64,
+}
+
+/// Bytes of the trigger's text that [`BULK_THRESHOLD`] counts.
+fn bulk_bytes(t: &Trigger) -> usize {
+    let source = match &t.glue {
+        Glue::Script { source, .. } => source.len(),
+        Glue::Bean => 0,
+    };
+    t.params.as_ref().map_or(0, String::len) + source
+}
+
+/// The trigger without its params and GLUE source, built field by field so the large text is
+/// never copied.
+fn stripped(t: &Trigger) -> Trigger {
+    Trigger {
+        job_id: t.job_id,
+        log_id: t.log_id,
+        log_date_time: t.log_date_time,
+        handler: t.handler.clone(),
+        params: None,
+        block: t.block,
+        timeout: t.timeout,
+        glue: match &t.glue {
+            Glue::Bean => Glue::Bean,
+            Glue::Script { kind, updated, .. } => Glue::Script {
+                kind: *kind,
+                source: String::new(),
+                updated: *updated,
+            },
+        },
+        shard_index: t.shard_index,
+        shard_total: t.shard_total,
+    }
 }
 
 impl RunRecord {
     /// A trigger just accepted at `now_ms`.
-    fn accepted(trigger: &Trigger, now_ms: i64) -> Self {
+    fn accepted(trigger: Trigger, now_ms: i64) -> Self {
         Self {
-            trigger: trigger.clone(),
+            trigger,
             state: RunState::Accepted,
             accepted_ms: now_ms,
             started_ms: None,
@@ -133,7 +205,16 @@ impl RunRecord {
             kind: None,
             idempotency_key: None,
             outbox_seq: None,
+            bulk: None,
         }
+    }
+
+    /// A finished record keeps no large text (its file is going away).
+    fn without_bulk_text(mut self) -> Self {
+        if self.bulk.is_some() || bulk_bytes(&self.trigger) > BULK_THRESHOLD {
+            self.trigger = stripped(&self.trigger);
+        }
+        self
     }
 }
 
@@ -190,6 +271,9 @@ pub struct Recovery {
     pub queued: Vec<RunRecord>,
     /// Started but not finished: the process died during the run.
     pub interrupted: Vec<RunRecord>,
+    /// Unfinished runs whose large trigger file could not be read back, with the reason: they
+    /// cannot run and are reported as failed.
+    pub lost: Vec<(RunRecord, String)>,
     /// Runs in the journal.
     pub runs: u64,
 }
@@ -228,6 +312,11 @@ struct Inner {
     keys: sled::Tree,
     logs: sled::Tree,
     dir: PathBuf,
+    /// `store/params`: large triggers, one file per unfinished run.
+    bulk_dir: PathBuf,
+    /// Large-trigger files whose run ended: removed after the next flush, once the record that
+    /// no longer needs them is on disk.
+    pending_removals: std::sync::Mutex<Vec<PathBuf>>,
     cfg: StoreConfig,
     outbox_len: AtomicU64,
     flush_tx: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
@@ -338,6 +427,13 @@ impl Store {
                 )))
             }
         }
+        let bulk_dir = dir.join(BULK_DIR);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&bulk_dir)
+            .map_err(|e| unusable(format!("cannot create {}: {e}", bulk_dir.display())))?;
+        remove_orphans(&runs, &bulk_dir);
         let outbox_len = outbox.len() as u64;
         let dir_shown = dir.display().to_string();
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
@@ -348,6 +444,8 @@ impl Store {
             keys,
             logs,
             dir,
+            bulk_dir,
+            pending_removals: std::sync::Mutex::new(Vec::new()),
             cfg,
             outbox_len: AtomicU64::new(outbox_len),
             flush_tx,
@@ -416,8 +514,7 @@ impl Store {
     /// # Errors
     /// The flush failed.
     pub fn flush_now(&self) -> Result<()> {
-        self.inner.db.flush()?;
-        Ok(())
+        flush_and_remove(&self.inner).map_err(|e| StoreError::Sled(sled::Error::Io(e)))
     }
 
     /// Refuses new work when the file system is below `store.min_free_bytes`.
@@ -453,7 +550,8 @@ impl Store {
         Ok(self.inner.runs.contains_key(run_key(id))?)
     }
 
-    /// Reads one run.
+    /// Reads one run, as the journal holds it: a large trigger (see [`RunRecord::bulk`]) comes
+    /// without its params and GLUE source; [`Store::recover`] reads those back.
     ///
     /// # Errors
     /// I/O or a corrupt record.
@@ -468,15 +566,77 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Duplicate`], I/O.
+    ///
+    /// A trigger whose params and GLUE source exceed [`BULK_THRESHOLD`] is first written to its
+    /// own file and fsynced (file and directory), and the record names the file: the file is
+    /// on disk before the record can be, so the record's flush makes both durable.
     pub fn insert_accepted(&self, trigger: &Trigger) -> Result<()> {
-        let v = serde_json::to_vec(&RunRecord::accepted(trigger, clock::now_ms()))?;
-        match self
-            .inner
-            .runs
-            .compare_and_swap(run_key(trigger.log_id), None::<&[u8]>, Some(v))?
-        {
-            Ok(()) => Ok(()),
-            Err(_) => Err(StoreError::Duplicate(trigger.log_id)),
+        let now = clock::now_ms();
+        let bytes = bulk_bytes(trigger);
+        let (rec, file) = if bytes > BULK_THRESHOLD {
+            let file = format!("{}.{}", trigger.log_id.0, self.inner.db.generate_id()?);
+            let path = self.inner.bulk_dir.join(&file);
+            write_bulk(&self.inner.bulk_dir, &path, trigger)?;
+            let mut rec = RunRecord::accepted(stripped(trigger), now);
+            rec.bulk = Some(Bulk {
+                file,
+                bytes: bytes as u64,
+            });
+            (rec, Some(path))
+        } else {
+            (RunRecord::accepted(trigger.clone(), now), None)
+        };
+        let inserted = serde_json::to_vec(&rec)
+            .map_err(StoreError::from)
+            .and_then(|v| {
+                Ok(self.inner.runs.compare_and_swap(
+                    run_key(trigger.log_id),
+                    None::<&[u8]>,
+                    Some(v),
+                )?)
+            });
+        match inserted {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => {
+                // No record names the file; if this removal fails, the next open removes it.
+                if let Some(path) = file {
+                    let _ = std::fs::remove_file(path);
+                }
+                Err(StoreError::Duplicate(trigger.log_id))
+            }
+            Err(e) => {
+                if let Some(path) = file {
+                    let _ = std::fs::remove_file(path);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads a large trigger back from its file; the error says why it cannot be used.
+    fn read_bulk(&self, b: &Bulk, id: LogId) -> std::result::Result<Trigger, String> {
+        let path = self.inner.bulk_dir.join(&b.file);
+        let v = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let t = serde_json::from_slice::<Trigger>(&v)
+            .map_err(|e| format!("{} does not decode: {e}", path.display()))?;
+        if t.log_id != id {
+            return Err(format!(
+                "{} holds logId {}, not this run's",
+                path.display(),
+                t.log_id.0
+            ));
+        }
+        Ok(t)
+    }
+
+    /// Removes a large trigger's file once the next flush has made its record's end durable.
+    fn remove_after_flush(&self, rec: &RunRecord) {
+        if let Some(b) = &rec.bulk {
+            self.inner
+                .pending_removals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(self.inner.bulk_dir.join(&b.file));
         }
     }
 
@@ -490,6 +650,7 @@ impl Store {
         if let Some(rec) = self.run(id)? {
             if matches!(rec.state, RunState::Accepted | RunState::Running) {
                 self.inner.runs.remove(run_key(id))?;
+                self.remove_after_flush(&rec);
                 if let Some(k) = rec.idempotency_key {
                     self.release_key(&k, id)?;
                 }
@@ -546,6 +707,9 @@ impl Store {
     ///    reported twice;
     /// 3. the idempotency key, a hint only: [`Store::check_key`] reads the holder's record.
     ///
+    /// The finished record keeps no large params or source; their file goes after the next
+    /// flush.
+    ///
     /// # Errors
     /// I/O or a corrupt record.
     pub fn finish(
@@ -584,13 +748,23 @@ impl Store {
         self.inner.outbox_len.fetch_add(1, Ordering::Relaxed);
         // Rejected before acceptance never reaches here; a missing record means the trigger
         // was recovered from an older journal. Recreate it.
-        let mut rec = old.unwrap_or_else(|| RunRecord::accepted(trigger, now));
+        let mut rec = old
+            .unwrap_or_else(|| {
+                let t = if bulk_bytes(trigger) > BULK_THRESHOLD {
+                    stripped(trigger)
+                } else {
+                    trigger.clone()
+                };
+                RunRecord::accepted(t, now)
+            })
+            .without_bulk_text();
         rec.state = RunState::Finished;
         rec.finished_ms = Some(now);
         rec.outcome = Some(outcome.clone());
         rec.kind = Some(kind);
         rec.outbox_seq = Some(seq);
         self.inner.runs.insert(key, serde_json::to_vec(&rec)?)?;
+        self.remove_after_flush(&rec);
         if let Some(k) = &rec.idempotency_key {
             self.settle_key(k, trigger.log_id, outcome.is_success())?;
         }
@@ -870,13 +1044,34 @@ impl Store {
             repair(&mut r.queued)?;
             repair(&mut r.interrupted)?;
         }
+        // Only what may still run gets its large text back (after the repair, which needs none).
+        let mut lost = Vec::new();
+        for runs in [&mut r.queued, &mut r.interrupted] {
+            let mut kept = Vec::with_capacity(runs.len());
+            for mut rec in runs.drain(..) {
+                let Some(b) = &rec.bulk else {
+                    kept.push(rec);
+                    continue;
+                };
+                match self.read_bulk(b, rec.trigger.log_id) {
+                    Ok(t) => {
+                        rec.trigger = t;
+                        kept.push(rec);
+                    }
+                    Err(why) => lost.push((rec, why)),
+                }
+            }
+            *runs = kept;
+        }
+        r.lost = lost;
         Ok(r)
     }
 
     /// A crash fell between the two writes of [`Store::finish`]: the callback is queued but the
     /// record still says accepted or running. The outcome is known, so the run is finished.
-    fn repair_finished(&self, mut rec: RunRecord, seq: u64, e: &OutboxEntry) -> Result<()> {
+    fn repair_finished(&self, rec: RunRecord, seq: u64, e: &OutboxEntry) -> Result<()> {
         tracing::info!(log_id = %rec.trigger.log_id, "Repairing a run whose outcome was queued just before a crash.");
+        let mut rec = rec.without_bulk_text();
         rec.state = RunState::Finished;
         rec.finished_ms = Some(e.queued_ms);
         rec.outcome = Some(e.callback.outcome.clone());
@@ -889,6 +1084,7 @@ impl Store {
         self.inner
             .runs
             .insert(run_key(rec.trigger.log_id), serde_json::to_vec(&rec)?)?;
+        self.remove_after_flush(&rec);
         if let Some(k) = &rec.idempotency_key {
             self.settle_key(k, rec.trigger.log_id, e.callback.outcome.is_success())?;
         }
@@ -990,6 +1186,8 @@ impl Store {
                 self.remove_log(id)?;
             }
             self.inner.runs.remove(k)?;
+            // Normally gone since the run finished; a crash can have kept it.
+            self.remove_after_flush(&rec);
             removed += 1;
         }
         for item in self.inner.keys.iter() {
@@ -1048,19 +1246,112 @@ fn group_commit(
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let started = std::time::Instant::now();
-        let res = match strong.db.flush() {
-            Ok(_) => {
-                if let Some(f) = strong.on_flush.get() {
-                    f(started.elapsed());
-                }
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        };
+        let res = flush_and_remove(&strong).map_err(|e| e.to_string());
         drop(strong);
         for w in waiters {
             let _ = w.send(res.clone());
+        }
+    }
+}
+
+/// Flushes, then removes the large-trigger files whose records' ends were written before the
+/// flush began (they are on disk now). On a failed flush they wait for the next one.
+fn flush_and_remove(inner: &Inner) -> std::io::Result<()> {
+    let removals = std::mem::take(
+        &mut *inner
+            .pending_removals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let started = std::time::Instant::now();
+    if let Err(e) = inner.db.flush() {
+        inner
+            .pending_removals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(removals);
+        return Err(match e {
+            sled::Error::Io(io) => io,
+            other => std::io::Error::other(other.to_string()),
+        });
+    }
+    if let Some(f) = inner.on_flush.get() {
+        f(started.elapsed());
+    }
+    for path in removals {
+        remove_bulk_file(&path);
+    }
+    Ok(())
+}
+
+/// Removes a large-trigger file; one already gone is fine, any other failure leaves an orphan
+/// that the next open removes.
+fn remove_bulk_file(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "Cannot remove a params file; the next start removes it.");
+        }
+    }
+}
+
+/// Writes a large trigger to `path` (mode 0600) and fsyncs the file and its directory.
+fn write_bulk(dir: &Path, path: &Path, trigger: &Trigger) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| StoreError::Bulk {
+        path: path.display().to_string(),
+        source,
+    };
+    // Streamed through a small buffer: encoding into one Vec first made a second multi-MiB
+    // copy (grown by doubling) for every large trigger.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|f| {
+            let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
+            serde_json::to_writer(&mut w, trigger).map_err(std::io::Error::from)?;
+            w.flush()?;
+            w.get_ref().sync_all()
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(path);
+        return Err(err(e));
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)
+}
+
+/// At open: removes every large-trigger file that no unfinished run names (a crash between
+/// the file and its record, or before a finished run's file was removed). Housekeeping only:
+/// a failure is logged, and the next open tries again.
+fn remove_orphans(runs: &sled::Tree, bulk_dir: &Path) {
+    let entries = match std::fs::read_dir(bulk_dir) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(dir = %bulk_dir.display(), error = %e, "Cannot list the params files.");
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let needed = name
+            .split('.')
+            .next()
+            .and_then(|id| id.parse::<i64>().ok())
+            .and_then(|id| runs.get(run_key(LogId(id))).ok().flatten())
+            .and_then(|v| serde_json::from_slice::<RunRecord>(&v).ok())
+            .is_some_and(|rec| {
+                matches!(rec.state, RunState::Accepted | RunState::Running)
+                    && rec.bulk.is_some_and(|b| b.file == name)
+            });
+        if !needed {
+            remove_bulk_file(&entry.path());
         }
     }
 }
@@ -1283,6 +1574,179 @@ mod tests {
             s.check_key("k", LogId(4), ttl).unwrap(),
             KeyCheck::Succeeded(LogId(3))
         );
+    }
+
+    fn bulk_files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join("store").join(BULK_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn raw_len(s: &Store, id: i64) -> usize {
+        s.inner.runs.get(run_key(LogId(id))).unwrap().unwrap().len()
+    }
+
+    fn big(id: i64, bytes: usize) -> Trigger {
+        let mut t = trig(id);
+        t.params = Some("p".repeat(bytes));
+        t
+    }
+
+    /// Issue 9 #16: sled kept every version of a record holding 4 MiB params in memory. Large
+    /// params live in a file from acceptance to the durable end of the run; the records stay
+    /// small through every write.
+    #[tokio::test]
+    async fn large_params_live_in_a_file_until_the_run_ends_durably() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), cfg()).unwrap();
+        let bulk_dir = dir.path().join("store").join(BULK_DIR);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&bulk_dir), 0o700);
+
+        // Small params (up to the threshold) stay in the record, as before: no file.
+        s.insert_accepted(&big(1, BULK_THRESHOLD)).unwrap();
+        assert!(bulk_files(dir.path()).is_empty());
+        assert_eq!(
+            s.run(LogId(1))
+                .unwrap()
+                .unwrap()
+                .trigger
+                .params
+                .unwrap()
+                .len(),
+            BULK_THRESHOLD
+        );
+
+        let t = big(2, 4 << 20);
+        s.insert_accepted(&t).unwrap();
+        let files = bulk_files(dir.path());
+        assert_eq!(files.len(), 1);
+        assert!(files[0].starts_with("2."), "{files:?}");
+        assert_eq!(mode(&bulk_dir.join(&files[0])), 0o600);
+        let rec = s.run(LogId(2)).unwrap().unwrap();
+        assert_eq!(rec.trigger.params, None);
+        assert_eq!(rec.bulk.as_ref().unwrap().bytes, 4 << 20);
+        assert!(raw_len(&s, 2) < 1024, "{}", raw_len(&s, 2));
+        s.mark_running(LogId(2), None).unwrap();
+        assert!(raw_len(&s, 2) < 1024);
+        assert!(s
+            .finish(&t, &Outcome::success(), OutcomeKind::Success, None)
+            .unwrap());
+        let rec = s.run(LogId(2)).unwrap().unwrap();
+        assert_eq!(rec.state, RunState::Finished);
+        assert!(raw_len(&s, 2) < 1024);
+        // The file outlives the finished record until that record is on disk.
+        assert_eq!(bulk_files(dir.path()), files);
+        s.durable().await.unwrap();
+        assert!(bulk_files(dir.path()).is_empty());
+
+        // A run finished without a record (recovered from an older journal) keeps no text.
+        s.finish(
+            &big(3, 1 << 20),
+            &Outcome::success(),
+            OutcomeKind::Success,
+            None,
+        )
+        .unwrap();
+        assert!(raw_len(&s, 3) < 1024);
+
+        // A refused trigger's file goes with its record; a racing duplicate removes only its own.
+        s.insert_accepted(&big(4, 1 << 20)).unwrap();
+        assert!(matches!(
+            s.insert_accepted(&big(4, 1 << 20)),
+            Err(StoreError::Duplicate(_))
+        ));
+        assert_eq!(bulk_files(dir.path()).len(), 1);
+        s.forget_accepted(LogId(4)).unwrap();
+        s.durable().await.unwrap();
+        assert!(bulk_files(dir.path()).is_empty());
+
+        // A GLUE source counts too.
+        let mut g = trig(5);
+        g.glue = Glue::Script {
+            kind: crate::job::GlueKind::Shell,
+            source: "#".repeat(1 << 20),
+            updated: 9,
+        };
+        s.insert_accepted(&g).unwrap();
+        assert!(raw_len(&s, 5) < 1024);
+        assert_eq!(bulk_files(dir.path()).len(), 1);
+    }
+
+    /// A queued run with 1 MiB params (and one with a 1 MiB GLUE source) comes back whole after
+    /// a restart; a file that vanished makes its run lost (reported, not run without params).
+    #[tokio::test]
+    async fn large_triggers_survive_a_restart_while_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = big(1, 1 << 20);
+        let mut g = trig(2);
+        g.glue = Glue::Script {
+            kind: crate::job::GlueKind::Python,
+            source: "#".repeat(1 << 20),
+            updated: 9,
+        };
+        {
+            let s = Store::open(dir.path(), cfg()).unwrap();
+            s.insert_accepted(&t).unwrap();
+            s.insert_accepted(&g).unwrap();
+            s.insert_accepted(&big(3, 1 << 20)).unwrap();
+            s.mark_running(LogId(3), None).unwrap();
+            s.insert_accepted(&big(4, 1 << 20)).unwrap();
+            s.durable().await.unwrap();
+        }
+        let gone = bulk_files(dir.path())
+            .into_iter()
+            .find(|f| f.starts_with("4."))
+            .unwrap();
+        std::fs::remove_file(dir.path().join("store").join(BULK_DIR).join(gone)).unwrap();
+        let s = Store::open(dir.path(), cfg()).unwrap();
+        let r = s.recover().unwrap();
+        assert_eq!(r.queued.len(), 2);
+        assert_eq!(r.queued[0].trigger, t);
+        assert_eq!(r.queued[1].trigger, g);
+        assert_eq!(r.interrupted.len(), 1);
+        assert_eq!(r.interrupted[0].trigger, big(3, 1 << 20));
+        assert_eq!(r.lost.len(), 1);
+        assert_eq!(r.lost[0].0.trigger.log_id, LogId(4));
+        assert!(r.lost[0].1.contains("cannot read"), "{}", r.lost[0].1);
+    }
+
+    /// A crash between the file and its record leaves a file no record names; a crash before a
+    /// finished run's file was removed leaves one too. Both go at the next open; the file of an
+    /// unfinished run stays.
+    #[tokio::test]
+    async fn orphan_params_files_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let bulk_dir = dir.path().join("store").join(BULK_DIR);
+        {
+            let s = Store::open(dir.path(), cfg()).unwrap();
+            s.insert_accepted(&big(1, 1 << 20)).unwrap(); // stays queued
+            s.insert_accepted(&big(2, 1 << 20)).unwrap();
+            s.finish(
+                &big(2, 1 << 20),
+                &Outcome::success(),
+                OutcomeKind::Success,
+                None,
+            )
+            .unwrap();
+            // Written straight to disk: no group commit, so 2's file is not removed.
+            s.inner.db.flush().unwrap();
+            assert_eq!(bulk_files(dir.path()).len(), 2);
+        }
+        // A file whose record never landed, one for an unknown name, and a stale one for 1.
+        for name in ["7.99", "junk", "1.999999"] {
+            std::fs::write(bulk_dir.join(name), b"x").unwrap();
+        }
+        let s = Store::open(dir.path(), cfg()).unwrap();
+        let files = bulk_files(dir.path());
+        assert_eq!(files.len(), 1, "{files:?}");
+        let rec = s.run(LogId(1)).unwrap().unwrap();
+        assert_eq!(files[0], rec.bulk.unwrap().file);
+        assert_eq!(s.recover().unwrap().queued[0].trigger, big(1, 1 << 20));
     }
 
     #[tokio::test]

@@ -181,6 +181,8 @@ min_free_bytes = 0
 command = ["sh", "-c", "echo started; while [ ! -f {d}/go ]; do sleep 0.02; done"]
 [handlers.fast]
 command = ["sh", "-c", "echo $XXL_JOB_LOG_ID >> {d}/ran.txt"]
+[handlers.gate_size]
+command = ["sh", "-c", "echo started; while [ ! -f {d}/go ]; do sleep 0.02; done; wc -c < \"$XXL_JOB_PARAM_FILE\" >> {d}/psize.txt"]
 [handlers.safe_gate]
 command = ["sh", "-c", "echo started; echo $XXL_JOB_LOG_ID >> {d}/safe.txt; while [ ! -f {d}/go ]; do sleep 0.02; done"]
 rerun_safe = true
@@ -267,6 +269,51 @@ async fn kill9_while_queued_and_running_then_restart() {
     assert_eq!(code_of(&d[&30]), 200);
     let safe = std::fs::read_to_string(site.dir.join("safe.txt")).unwrap();
     assert_eq!(safe.lines().count(), 2, "ran before and after the crash");
+}
+
+/// Issue 9 #16: params over 64 KiB are kept in a file under `store/params/`, not in the
+/// journal's record. A run queued with 1 MiB params survives a `kill -9` whole, and its file
+/// is gone once the run has ended.
+#[tokio::test]
+async fn kill9_while_queued_with_large_params_then_restart() {
+    let admin = FakeAdmin::start().await;
+    let site = Site::new(&admin.url(), "");
+    let params_dir = site.dir.join("data/store/params");
+    let files = || std::fs::read_dir(&params_dir).unwrap().count();
+    let big = "x".repeat(1 << 20);
+    let p = Proc::start(&site.config).await;
+    let run = |id: i64, params: &str| {
+        json!({"jobId": 1, "executorHandler": "gate_size", "logId": id,
+               "executorParams": params, "logDateTime": 1717171717000i64, "glueType": "BEAN",
+               "executorBlockStrategy": "SERIAL_EXECUTION"})
+        .to_string()
+    };
+    assert_eq!(p.post("/run", run(1, "small")).await.unwrap()["code"], 200);
+    p.wait_log(1, "started").await;
+    assert_eq!(files(), 0, "small params stay in the journal");
+    assert_eq!(p.post("/run", run(2, &big)).await.unwrap()["code"], 200);
+    assert_eq!(files(), 1, "1 MiB params are in a file");
+    p.kill9();
+    site.open_gate();
+
+    let p = Proc::start(&site.config).await;
+    admin
+        .wait_until("callbacks 1 and 2", |a| {
+            let d = a.delivered();
+            d.contains_key(&1) && d.contains_key(&2)
+        })
+        .await;
+    p.wait_log(2, "callback finish.").await;
+    assert_eq!(p.sigterm().await.code(), Some(0));
+    let d = admin.delivered();
+    assert_eq!(code_of(&d[&1]), 500, "interrupted");
+    assert_eq!(code_of(&d[&2]), 200, "{:?}", d[&2]);
+    let sizes = std::fs::read_to_string(site.dir.join("psize.txt")).unwrap();
+    assert!(
+        sizes.lines().any(|l| l.trim() == (1 << 20).to_string()),
+        "the queued run got its whole params after the restart: {sizes:?}"
+    );
+    assert_eq!(files(), 0, "the file went with the finished run");
 }
 
 #[tokio::test]

@@ -147,20 +147,36 @@ fn fill_up(dir: &Path) -> PathBuf {
 fn a_store_error_before_a_run_fails_it_instead_of_running_it() {
     on_a_leaked_runtime(async {
         let (mnt, _fs, _admin, probe, ex) = on_a_small_tmpfs().await;
-        assert_eq!(ex.run(1, "gateJobHandler", 1, json!({})).await, ok());
+        // Run 1 writes 300 kB of output (less than one of sled's 512 KiB I/O buffers, so it stays in memory until a flush) once released, after the disk is full: the flush that
+        // must put run 2's "running" mark on disk has to write it too, and fails.
+        let flood = json!({ "executorParams": "300000" });
+        assert_eq!(ex.run(1, "floodJobHandler", 1, flood).await, ok());
         probe.started(1).await;
-        // Accepted (on disk) while the disk still had room; it waits behind run 1. Its large
-        // params make the "running" mark a write that cannot fit in pages sled already has.
-        let big = "p".repeat(2 << 20);
-        assert_eq!(
-            ex.run(1, "gateJobHandler", 2, json!({ "executorParams": big }))
-                .await,
-            ok()
-        );
+        // Accepted (on disk) while the disk still had room; it waits behind run 1.
+        let small = json!({ "executorParams": "0" });
+        assert_eq!(ex.run(1, "floodJobHandler", 2, small).await, ok());
         let _filler = fill_up(mnt.path());
         probe.gate.notify_one();
-        let log = ex.log_contains(2, "so the handler was not run").await;
-        assert!(log.contains("Result: handleCode=500"), "{log}");
+        // sled fails every operation once a write has failed (reads too), so the run's log
+        // cannot show it: the store error before run 2 is seen in the metrics, counted where
+        // the runner gave up on starting it.
+        let deadline = tokio::time::Instant::now() + GUARD;
+        loop {
+            let m = ex.metrics_text().await;
+            // Only the runner counts `mark_running` (a failed `flush` could be the reporter's).
+            let failed_before_start = m.lines().any(|l| {
+                l.starts_with("xxl_edge_internal_errors_total{op=\"mark_running\"}")
+                    && !l.ends_with(" 0")
+            });
+            if failed_before_start {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no store error before run 2 was counted:\n{m}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         // The handler of run 2 never started.
         assert!(!probe.started_so_far().contains(&2), "run 2 must not start");
     });

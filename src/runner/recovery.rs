@@ -63,6 +63,14 @@ impl Runner {
                 counts.failed += 1;
             }
         }
+        for (rec, why) in r.lost {
+            let msg = format!(
+                "xxl-edge could not run this trigger after a restart: its params file is unusable ({why})"
+            );
+            self.inner.logs.open(rec.trigger.log_id).note(&msg);
+            self.record(&rec.trigger, &Outcome::fail(msg), OutcomeKind::Failed, None);
+            counts.failed += 1;
+        }
         again.extend(r.queued.into_iter().map(|rec| rec.trigger));
         again.sort_by_key(|t| t.log_id);
         let mut recovered = Recovered::default();

@@ -297,6 +297,27 @@ pub fn sample_handlers(b: ExecutorBuilder, probe: &Probe) -> ExecutorBuilder {
             }
         }
     })
+    // Waits for the gate, then writes `params` bytes of output (1,000-byte lines): dirty data
+    // that the next flush must write, for the full-disk tests.
+    .handler("floodJobHandler", {
+        let p = probe.clone();
+        move |ctx: JobContext| {
+            let p = p.clone();
+            async move {
+                let _ = p.started_tx.send(ctx.log_id.0);
+                tokio::select! {
+                    () = p.gate.notified() => {}
+                    () = ctx.cancelled() => return Outcome::fail("cancelled"),
+                }
+                let bytes: usize = ctx.param().parse().unwrap_or(0);
+                let line = "f".repeat(999);
+                for _ in 0..bytes / 1000 {
+                    ctx.log(&line);
+                }
+                Outcome::success()
+            }
+        }
+    })
     // Ignores cancellation entirely: the runner must abort it.
     .handler("stubbornJobHandler", move |ctx: JobContext| {
         let p = p2.clone();
