@@ -160,7 +160,7 @@ pub struct Bulk {
 }
 
 /// Bytes of the trigger's text that [`BULK_THRESHOLD`] counts.
-fn bulk_bytes(t: &Trigger) -> usize {
+pub(crate) fn bulk_bytes(t: &Trigger) -> usize {
     let source = match &t.glue {
         Glue::Script { source, .. } => source.len(),
         Glue::Bean => 0,

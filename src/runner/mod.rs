@@ -28,7 +28,7 @@ use crate::config::RunnerConfig;
 use crate::handler::{self, Handler, ScriptHandler};
 use crate::job::{reason, Glue, GlueKind, JobId, LogId, Outcome, OutcomeKind, Trigger};
 use crate::runlog::RunLogs;
-use crate::store::{KeyCheck, Store, StoreError};
+use crate::store::{self, KeyCheck, Store, StoreError};
 use crate::telemetry::events::{internal_error, Op};
 use crate::telemetry::{Metrics, TriggerResult};
 
@@ -272,7 +272,7 @@ impl Runner {
             Decision::NewWorker { .. } => Some(self.build_handler(&t, &resolved)?),
             Decision::Queue => None,
         };
-        self.insert_accepted(&t)?;
+        let t = self.insert_accepted_owned(t).await?;
         let (admitted_tx, admitted_rx) = oneshot::channel();
         let mut admitted_rx = Some(admitted_rx);
         // Commit on the state found now; the decision can have changed while the lock was
@@ -352,13 +352,47 @@ impl Runner {
     }
 
     fn insert_accepted(&self, t: &Trigger) -> Result<(), Refusal> {
-        self.inner.store.insert_accepted(t).map_err(|e| match e {
-            StoreError::Duplicate(_) => Refusal::repeat(t.log_id),
+        self.inner
+            .store
+            .insert_accepted(t)
+            .map_err(|e| self.insert_refusal(t.log_id, e))
+    }
+
+    fn insert_refusal(&self, id: LogId, e: StoreError) -> Refusal {
+        match e {
+            StoreError::Duplicate(_) => Refusal::repeat(id),
             e => {
                 self.store_refused("write an accepted trigger to the journal", &e);
                 store_refusal(e)
             }
+        }
+    }
+
+    /// As [`Runner::insert_accepted`]; a large trigger (written to its own file and fsynced)
+    /// goes through the blocking pool, off the runtime's few threads. The trigger is moved
+    /// there and back, not copied.
+    async fn insert_accepted_owned(&self, t: Trigger) -> Result<Trigger, Refusal> {
+        if store::bulk_bytes(&t) <= store::BULK_THRESHOLD {
+            self.insert_accepted(&t)?;
+            return Ok(t);
+        }
+        let s = self.inner.store.clone();
+        let id = t.log_id;
+        match tokio::task::spawn_blocking(move || {
+            let r = s.insert_accepted(&t);
+            (t, r)
         })
+        .await
+        {
+            Ok((t, Ok(()))) => Ok(t),
+            Ok((_, Err(e))) => Err(self.insert_refusal(id, e)),
+            Err(e) => Err(Refusal::new(
+                TriggerResult::StoreError,
+                format!(
+                    "the run journal could not be written, so the trigger was not accepted: {e}"
+                ),
+            )),
+        }
     }
 
     /// Removes a trigger that was written to the journal but not accepted after all.
