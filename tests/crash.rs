@@ -692,3 +692,60 @@ async fn soak_kill_restart_under_load() {
     );
     assert!(accepted.len() >= 8000, "{}", accepted.len());
 }
+
+/// Issue 9 #3: a taken port (here `telemetry.metrics_listen`) ended the process after recovery
+/// had already started the journal's runs, so the next start reported them as interrupted.
+/// Every listener is bound before any recovered run starts.
+#[tokio::test]
+async fn a_taken_port_stops_the_process_before_any_recovered_run_starts() {
+    let admin = FakeAdmin::start().await;
+    let site = Site::new(&admin.url(), "");
+    let p = Proc::start(&site.config).await;
+    assert_eq!(p.run(1, "gate", 1).await.unwrap()["code"], 200);
+    p.wait_log(1, "started").await;
+    assert_eq!(p.run(1, "gate", 2).await.unwrap()["code"], 200);
+    p.kill9();
+
+    // The next start finds its metrics port taken and must stop without running run 2.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let plain = std::fs::read_to_string(&site.config).unwrap();
+    std::fs::write(
+        &site.config,
+        format!("{plain}\n[telemetry]\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let config = site.config.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "started although its port is taken");
+    drop(holder);
+
+    // Back on a free port: run 1 was interrupted by the kill -9, run 2 never started, so it
+    // runs now and succeeds.
+    std::fs::write(&site.config, plain).unwrap();
+    site.open_gate();
+    let p = Proc::start(&site.config).await;
+    admin
+        .wait_until("callbacks 1 and 2", |a| {
+            let d = a.delivered();
+            d.contains_key(&1) && d.contains_key(&2)
+        })
+        .await;
+    assert_eq!(p.sigterm().await.code(), Some(0));
+    let d = admin.delivered();
+    assert_eq!(code_of(&d[&1]), 500, "{:?}", d[&1]);
+    assert_eq!(
+        code_of(&d[&2]),
+        200,
+        "run 2 was started by the failed start: {:?}",
+        d[&2]
+    );
+}
