@@ -108,9 +108,19 @@ impl ExecutorBuilder {
         // runtime's few worker threads.
         let store = {
             let (dir, cfg) = (config.executor.data_dir.clone(), config.store.clone());
-            tokio::task::spawn_blocking(move || Store::open(&dir, cfg))
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))??
+            tokio::task::spawn_blocking(move || {
+                // Params directories of runs a crash cut short (in the temp dir, not the store).
+                let swept = handler::sweep_stale_param_dirs();
+                if swept > 0 {
+                    tracing::info!(
+                        swept,
+                        "Removed params directories left by a previous crash."
+                    );
+                }
+                Store::open(&dir, cfg)
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??
         };
         metrics.store_budget.set(config.store.max_bytes as i64);
         {

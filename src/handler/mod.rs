@@ -19,7 +19,7 @@ use crate::clock;
 use crate::job::{JobId, LogId, Outcome, Trigger};
 
 pub use process::CommandHandler;
-pub(crate) use process::ScriptHandler;
+pub(crate) use process::{sweep_stale_param_dirs, ScriptHandler};
 
 /// A boxed future, as handlers return it.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

@@ -298,6 +298,49 @@ impl Drop for ParamFile {
     }
 }
 
+/// Removes the params directories that executors which are gone left behind (a `kill -9` ends a
+/// run without its clean-up): `xxl-edge-{pid}-…` in the temp dir whose pid is no live process.
+/// Returns how many were removed. Another live process's directories (the same pid reused
+/// included) are left alone.
+pub(crate) fn sweep_stale_param_dirs() -> usize {
+    let base = std::env::temp_dir();
+    let Ok(entries) = std::fs::read_dir(&base) else {
+        return 0;
+    };
+    let me = std::process::id();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("xxl-edge-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid <= 0 || pid as u32 == me {
+            continue;
+        }
+        if pid_gone(pid) {
+            let dir = entry.path();
+            let _ = std::fs::remove_file(dir.join("params"));
+            if std::fs::remove_dir(&dir).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+/// True when no process has this pid (`kill(pid, 0)` answers ESRCH).
+fn pid_gone(pid: i32) -> bool {
+    matches!(
+        nix::sys::signal::kill(Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
 /// A configured argv that `{params}` made longer than Linux takes for one argument: the
 /// failure message, naming the fix.
 fn argv_too_long(templates: &[String], argv: &[String], params_len: usize) -> Option<String> {
@@ -450,4 +493,30 @@ fn emit(log: &JobLog, line: &mut Vec<u8>) {
     }
     log.raw(&String::from_utf8_lossy(line));
     line.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    /// A `kill -9` of the executor leaves its runs' params directories in the temp dir; the
+    /// next start removes those of processes that are gone, and only those.
+    #[test]
+    fn stale_params_dirs_of_gone_processes_are_swept() {
+        let gone = {
+            let mut c = std::process::Command::new("true").spawn().unwrap();
+            let pid = c.id();
+            c.wait().unwrap();
+            pid
+        };
+        let base = std::env::temp_dir();
+        let stale = base.join(format!("xxl-edge-{gone}-7-sweeptest-0"));
+        let mine = base.join(format!("xxl-edge-{}-7-sweeptest-0", std::process::id()));
+        for d in [&stale, &mine] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("params"), "p").unwrap();
+        }
+        assert!(super::sweep_stale_param_dirs() >= 1);
+        assert!(!stale.exists(), "a gone process's directory stays");
+        assert!(mine.exists(), "a live process's directory was removed");
+        std::fs::remove_dir_all(&mine).unwrap();
+    }
 }
