@@ -272,6 +272,7 @@ impl Executor {
         let state = Arc::new(ApiState {
             runner: self.runner.clone(),
             store: self.store.clone(),
+            logs: self.logs.clone(),
             metrics: self.metrics.clone(),
             token: self.config.admin.access_token.clone(),
             limits: self.config.server.clone(),
@@ -290,6 +291,13 @@ impl Executor {
             )
             .run(background.clone()),
         );
+        let log_flusher = tokio::spawn(flush_logs(
+            self.store.clone(),
+            self.logs.clone(),
+            self.metrics.clone(),
+            self.config.store.log_flush_every,
+            background.clone(),
+        ));
         let maintenance = tokio::spawn(maintain(
             self.store.clone(),
             self.runner.clone(),
@@ -332,6 +340,7 @@ impl Executor {
         background.cancel();
         let _ = reporter.await;
         let _ = maintenance.await;
+        let _ = log_flusher.await;
         let deadline = Instant::now() + self.config.admin.timeout * 2 + Duration::from_secs(1);
         let left = Reporter::new(
             self.store.clone(),
@@ -361,6 +370,29 @@ impl Executor {
         .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         tracing::info!("xxl-edge stopped.");
         Ok(())
+    }
+}
+
+/// Puts a run's output on disk at most `every` after it was written, so that a crash keeps it
+/// (the Java executor's log file outlives its process too). Flushes only when a line is waiting:
+/// an idle executor writes nothing.
+async fn flush_logs(
+    store: Store,
+    logs: RunLogs,
+    metrics: Metrics,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stop.cancelled() => return,
+        }
+        if logs.unflushed() {
+            if let Err(e) = store.synced().await {
+                internal_error!(metrics, Op::Flush, e, "Cannot flush run logs.");
+            }
+        }
     }
 }
 

@@ -37,6 +37,9 @@ pub(crate) struct RunLogs {
 struct Shared {
     store: Store,
     cap: u64,
+    /// One more than the highest flush epoch seen by an append ([`Store::flush_epoch`]), 0
+    /// before any: lines are on disk once the store has completed a flush after that epoch.
+    last_write: Arc<AtomicU64>,
     live: Mutex<HashMap<LogId, Weak<LogInner>>>,
     /// Called when a line cannot be written (counted and logged by the owner).
     on_error: Box<dyn Fn(&StoreError) + Send + Sync>,
@@ -62,6 +65,7 @@ struct LogInner {
     used: AtomicU64,
     cap: u64,
     truncated: AtomicBool,
+    last_write: Arc<AtomicU64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -79,6 +83,7 @@ impl RunLogs {
             inner: Arc::new(Shared {
                 store,
                 cap,
+                last_write: Arc::new(AtomicU64::new(0)),
                 live: Mutex::new(HashMap::new()),
                 on_error: Box::new(on_error),
             }),
@@ -107,10 +112,20 @@ impl RunLogs {
             next: AtomicU32::new(last.saturating_add(1)),
             used: AtomicU64::new(0),
             cap: self.inner.cap,
+            last_write: self.inner.last_write.clone(),
             truncated: AtomicBool::new(false),
         });
         live.insert(log_id, Arc::downgrade(&inner));
         RunLog { inner }
+    }
+
+    /// True when a line was written that no completed flush has put on disk yet.
+    pub(crate) fn unflushed(&self) -> bool {
+        // Stored as epoch + 1, so that 0 means "nothing written".
+        match self.inner.last_write.load(Ordering::Acquire) {
+            0 => false,
+            e => !self.inner.store.is_flushed(e - 1),
+        }
     }
 
     /// Runs with a live log (for tests and the state view).
@@ -145,6 +160,8 @@ impl RunLog {
             self.inner
                 .used
                 .fetch_add(line.len() as u64 + LINE_OVERHEAD, Ordering::Relaxed);
+            let epoch = self.inner.store.flush_epoch();
+            self.inner.last_write.fetch_max(epoch + 1, Ordering::AcqRel);
             if let Err(e) = self.inner.store.append_log(self.inner.log_id, n, line) {
                 if let Some(shared) = self.inner.shared.upgrade() {
                     (shared.on_error)(&e);

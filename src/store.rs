@@ -321,6 +321,10 @@ struct Inner {
     outbox_len: AtomicU64,
     flush_tx: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
     on_flush: std::sync::OnceLock<FlushObserver>,
+    /// Flushes begun and flushes completed successfully, in order (one flush at a time): a
+    /// write made when `flushes_begun` was `n` is on disk once `flushes_done > n`.
+    flushes_begun: AtomicU64,
+    flushes_done: AtomicU64,
 }
 
 /// Called with the duration of every group-commit flush (the executor feeds a histogram).
@@ -450,6 +454,8 @@ impl Store {
             outbox_len: AtomicU64::new(outbox_len),
             flush_tx,
             on_flush: std::sync::OnceLock::new(),
+            flushes_begun: AtomicU64::new(0),
+            flushes_done: AtomicU64::new(0),
         });
         // A weak handle: dropping the last `Store` closes the database (and its file lock).
         let weak = Arc::downgrade(&inner);
@@ -515,6 +521,18 @@ impl Store {
     /// The flush failed.
     pub fn flush_now(&self) -> Result<()> {
         flush_and_remove(&self.inner).map_err(|e| StoreError::Sled(sled::Error::Io(e)))
+    }
+
+    /// The number of flushes begun so far: what is written now is on disk once
+    /// [`Store::is_flushed`] says so for this value.
+    pub fn flush_epoch(&self) -> u64 {
+        self.inner.flushes_begun.load(Ordering::Acquire)
+    }
+
+    /// True once a flush that began after `epoch` was taken (see [`Store::flush_epoch`]) has
+    /// completed: everything written before then is on disk.
+    pub fn is_flushed(&self, epoch: u64) -> bool {
+        self.inner.flushes_done.load(Ordering::Acquire) > epoch
     }
 
     /// Refuses new work when the file system is below `store.min_free_bytes`.
@@ -1264,6 +1282,7 @@ fn flush_and_remove(inner: &Inner) -> std::io::Result<()> {
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
     let started = std::time::Instant::now();
+    let epoch = inner.flushes_begun.fetch_add(1, Ordering::AcqRel) + 1;
     if let Err(e) = inner.db.flush() {
         inner
             .pending_removals
@@ -1275,6 +1294,7 @@ fn flush_and_remove(inner: &Inner) -> std::io::Result<()> {
             other => std::io::Error::other(other.to_string()),
         });
     }
+    inner.flushes_done.fetch_max(epoch, Ordering::AcqRel);
     if let Some(f) = inner.on_flush.get() {
         f(started.elapsed());
     }

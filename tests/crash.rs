@@ -749,3 +749,67 @@ async fn a_taken_port_stops_the_process_before_any_recovered_run_starts() {
         d[&2]
     );
 }
+
+/// Issue 8: a running job's output is on disk at most `store.log_flush_ms` after it was written,
+/// so a `kill -9` keeps it (it used to show only "restarted during the run").
+#[tokio::test]
+async fn a_running_jobs_output_survives_kill9() {
+    let admin = FakeAdmin::start().await;
+    let tmp_marker = "ticked";
+    let site = Site::with_store(&admin.url(), "log_flush_ms = 100", "");
+    let d = site.dir.display().to_string();
+    let plain = std::fs::read_to_string(&site.config).unwrap();
+    // Prints, then (well past the 100 ms bound) says so in a file, then waits for the gate.
+    std::fs::write(
+        &site.config,
+        format!(
+            "{plain}\n[handlers.tick]\ncommand = [\"sh\", \"-c\", \"echo tick 1; sleep 1.5; touch {d}/{tmp_marker}; while [ ! -f {d}/go ]; do sleep 0.02; done\"]\n"
+        ),
+    )
+    .unwrap();
+    let p = Proc::start(&site.config).await;
+    assert_eq!(p.run(1, "tick", 1).await.unwrap()["code"], 200);
+    let marker = site.dir.join(tmp_marker);
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while !marker.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job never got past its print"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Not one `/log` before the crash: that would flush by itself.
+    p.kill9();
+    site.open_gate();
+    let p = Proc::start(&site.config).await;
+    admin
+        .wait_until("callback 1", |a| a.delivered().contains_key(&1))
+        .await;
+    let log = p.log(1).await;
+    assert!(log.contains("tick 1"), "the output was lost:\n{log}");
+    assert!(log.contains("restarted during the run"), "{log}");
+    assert_eq!(p.sigterm().await.code(), Some(0));
+}
+
+/// Issue 8: a line `/log` has shown is never taken back by a crash (`/log` flushes first).
+#[tokio::test]
+async fn a_line_log_has_shown_survives_kill9() {
+    let admin = FakeAdmin::start().await;
+    // The periodic flush is out of the way: only `/log`'s own flush can keep the line.
+    let site = Site::with_store(&admin.url(), "log_flush_ms = 3600000", "");
+    let p = Proc::start(&site.config).await;
+    assert_eq!(p.run(1, "gate", 1).await.unwrap()["code"], 200);
+    p.wait_log(1, "started").await;
+    p.kill9();
+    site.open_gate();
+    let p = Proc::start(&site.config).await;
+    admin
+        .wait_until("callback 1", |a| a.delivered().contains_key(&1))
+        .await;
+    let log = p.log(1).await;
+    assert!(
+        log.contains("started"),
+        "a line /log showed was lost:\n{log}"
+    );
+    assert_eq!(p.sigterm().await.code(), Some(0));
+}

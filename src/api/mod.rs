@@ -36,6 +36,8 @@ pub struct ApiState {
     pub runner: Runner,
     /// The store (read-only here: logs and gauges).
     pub store: Store,
+    /// Run logs: `/log` serves only lines that are on disk.
+    pub(crate) logs: crate::runlog::RunLogs,
     /// Metrics.
     pub metrics: Metrics,
     /// Expected token; empty disables the check.
@@ -344,6 +346,13 @@ where
         "/log" => {
             let p: LogParam = parse(&body)?;
             drop(body);
+            // A line `/log` shows is never taken back by a crash: lines not yet on disk are
+            // flushed first (one group commit shared with everything else waiting).
+            if s.logs.unflushed() {
+                if let Err(e) = s.store.synced().await {
+                    tracing::warn!(error = %e, "Cannot flush run logs before serving /log.");
+                }
+            }
             let page = read_log(s, &p);
             let size = page.log_content.len();
             Ok(match wire::success_json(&page, size) {

@@ -16,6 +16,7 @@ pub(super) struct Raw {
     max_bytes: Option<i64>,
     min_free_bytes: Option<i64>,
     max_log_bytes_per_run: Option<i64>,
+    log_flush_ms: Option<i64>,
 }
 
 /// Store settings.
@@ -31,6 +32,8 @@ pub struct StoreConfig {
     pub min_free_bytes: u64,
     /// Log bytes kept per run; later lines are dropped with one marker line.
     pub max_log_bytes_per_run: u64,
+    /// A run's output is on disk at most this long after it was written (a crash keeps it).
+    pub log_flush_every: Duration,
 }
 
 impl Raw {
@@ -62,6 +65,12 @@ impl Raw {
                 4 * 1024 * 1024,
                 1024..=1 << 40,
             ) as u64,
+            log_flush_every: Duration::from_millis(c.int(
+                "store.log_flush_ms",
+                self.log_flush_ms,
+                1000,
+                10..=3_600_000,
+            ) as u64),
         }
     }
 }
