@@ -390,7 +390,12 @@ impl Store {
             path: dir.display().to_string(),
             reason,
         };
-        std::fs::create_dir_all(&dir).map_err(|e| unusable(format!("cannot create it: {e}")))?;
+        // Job parameters, logs and outcomes: readable by the executor's user only.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| unusable(format!("cannot create it: {e}")))?;
         let deadline = std::time::Instant::now() + lock_wait;
         let db = loop {
             let opened = sled::Config::new()
@@ -438,6 +443,7 @@ impl Store {
             .create(&bulk_dir)
             .map_err(|e| unusable(format!("cannot create {}: {e}", bulk_dir.display())))?;
         remove_orphans(&runs, &bulk_dir);
+        private_files(&dir);
         let outbox_len = outbox.len() as u64;
         let dir_shown = dir.display().to_string();
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
@@ -1302,6 +1308,23 @@ fn flush_and_remove(inner: &Inner) -> std::io::Result<()> {
         remove_bulk_file(&path);
     }
     Ok(())
+}
+
+/// sled creates its files with the process's umask (usually 0644); they hold job parameters and
+/// logs, so they are made the owner's alone (the directory is 0700 as well).
+fn private_files(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let mode = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            0o700
+        } else {
+            0o600
+        };
+        let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode));
+    }
 }
 
 /// Removes a large-trigger file; one already gone is fine, any other failure leaves an orphan

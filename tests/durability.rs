@@ -177,3 +177,34 @@ async fn relaxed_durability_still_delivers_everything() {
     run_demo_and_await_callbacks(&admin, &ex, 20).await;
     ex.shutdown().await;
 }
+
+/// Issue 8: the data directory holds job parameters, logs and GLUE scripts: it is created for the
+/// executor's user alone (0700), and so are the files in it (0600).
+#[tokio::test]
+async fn the_data_directory_is_private_to_the_executors_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let admin = FakeAdmin::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let probe = Probe::new();
+    let cfg = test_config(&data, &admin.url(), "[glue]\nenabled = [\"shell\"]\n");
+    let ex = TestExecutor::start(sample_handlers(Executor::builder().config(cfg), &probe)).await;
+    assert_eq!(ex.run(1, "demoJobHandler", 1, json!({})).await, ok());
+    let glue = json!({"glueType": "GLUE_SHELL", "glueSource": "echo hi", "glueUpdatetime": 7});
+    assert_eq!(ex.run(2, "", 2, glue).await, ok());
+    admin.callback(1).await;
+    admin.callback(2).await;
+    ex.shutdown().await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for dir in [data.clone(), data.join("store"), data.join("gluesource")] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    assert_eq!(mode(&data.join("state.json")), 0o600);
+    assert_eq!(mode(&data.join("store").join("db")), 0o600);
+    for f in std::fs::read_dir(data.join("gluesource"))
+        .unwrap()
+        .flatten()
+    {
+        assert_eq!(mode(&f.path()), 0o600, "{}", f.path().display());
+    }
+}

@@ -122,7 +122,13 @@ impl ScriptHandler {
         updated: i64,
         kill_grace: Duration,
     ) -> std::io::Result<Self> {
-        std::fs::create_dir_all(glue_dir)?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(glue_dir)?;
+        }
         let name = format!("{job_id}_{updated}{}", kind.suffix());
         let file = glue_dir.join(&name);
         let prefix = format!("{job_id}_");
@@ -135,7 +141,18 @@ impl ScriptHandler {
         }
         if !file.exists() {
             let tmp = glue_dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, source.as_bytes())?;
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                // Read by the interpreter, which runs as the executor's user.
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(source.as_bytes())?;
+            }
             std::fs::rename(&tmp, &file)?;
         }
         Ok(Self {
