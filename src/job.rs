@@ -214,6 +214,25 @@ impl Trigger {
     }
 }
 
+#[cfg(test)]
+impl Trigger {
+    /// A BEAN trigger of handler `h` for job 1, the shape most unit tests start from.
+    pub(crate) fn for_test(log_id: i64) -> Self {
+        Self {
+            job_id: JobId(1),
+            log_id: LogId(log_id),
+            log_date_time: 1,
+            handler: "h".into(),
+            params: None,
+            block: BlockStrategy::Serial,
+            timeout: None,
+            glue: Glue::Bean,
+            shard_index: 0,
+            shard_total: 1,
+        }
+    }
+}
+
 /// The admin's success code.
 pub const CODE_SUCCESS: i32 = 200;
 /// The admin's failure code.

@@ -332,7 +332,7 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{BlockStrategy, Glue, JobId, LogId, Outcome, OutcomeKind, Trigger};
+    use crate::job::{Outcome, OutcomeKind, Trigger};
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -434,18 +434,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), crate::config::Config::defaults().store).unwrap();
         for id in [1, 2, 3] {
-            let t = Trigger {
-                job_id: JobId(1),
-                log_id: LogId(id),
-                log_date_time: 1,
-                handler: "h".into(),
-                params: None,
-                block: BlockStrategy::Serial,
-                timeout: None,
-                glue: Glue::Bean,
-                shard_index: 0,
-                shard_total: 1,
-            };
+            let t = Trigger::for_test(id);
             store
                 .finish(&t, &Outcome::success(), OutcomeKind::Success, None)
                 .unwrap();

@@ -1402,25 +1402,14 @@ fn remove_orphans(runs: &sled::Tree, bulk_dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{BlockStrategy, Glue, JobId};
+    use crate::job::Glue;
 
     fn cfg() -> StoreConfig {
         crate::config::Config::defaults().store
     }
 
     fn trig(id: i64) -> Trigger {
-        Trigger {
-            job_id: JobId(1),
-            log_id: LogId(id),
-            log_date_time: 1,
-            handler: "h".into(),
-            params: None,
-            block: BlockStrategy::Serial,
-            timeout: None,
-            glue: Glue::Bean,
-            shard_index: 0,
-            shard_total: 1,
-        }
+        Trigger::for_test(id)
     }
 
     #[tokio::test]

@@ -483,7 +483,6 @@ mod tests {
 
     use super::*;
     use crate::handler::Registry;
-    use crate::job::{BlockStrategy, Glue};
     use crate::runlog::RunLogs;
     use crate::store::Store;
     use crate::telemetry::Metrics;
@@ -528,18 +527,7 @@ mod tests {
             dir.path().join("gluesource"),
             Arc::default(),
         );
-        let t = Trigger {
-            job_id: JobId(1),
-            log_id: LogId(10),
-            log_date_time: 1,
-            handler: "h".into(),
-            params: None,
-            block: BlockStrategy::Serial,
-            timeout: None,
-            glue: Glue::Bean,
-            shard_index: 0,
-            shard_total: 1,
-        };
+        let t = Trigger::for_test(10);
         store.insert_accepted(&t).unwrap();
         let w = Worker::new(
             t.job_id,
