@@ -2,6 +2,8 @@
 # Bytes an idle executor writes to disk: the release binary on its defaults, registering with a
 # reachable fake admin on 127.0.0.1 every 30 s, no trigger. Reads write_bytes from /proc/PID/io
 # 10 s after the start (start-up writes excluded) and again after SECS (default 30) seconds.
+# The executor's own log goes to /dev/null: under systemd it goes to journald, not to this
+# process's writes.
 #   cargo build --release && benches/idle_writes.sh [BINARY]
 set -euo pipefail
 BIN=${1:-target/release/xxl-edge}
@@ -27,7 +29,7 @@ python3 "$D/admin.py" "$PORT" &
 ADMIN=$!
 trap 'kill $ADMIN 2>/dev/null || true; rm -rf "$D"' EXIT
 "$BIN" serve --listen 127.0.0.1 --port 0 --data-dir "$D/data" \
-  --admin "http://127.0.0.1:$PORT/xxl-job-admin" >/dev/null 2>"$D/err" &
+  --admin "http://127.0.0.1:$PORT/xxl-job-admin" >/dev/null 2>&1 &
 PID=$!
 sleep 10
 a=$(awk '/^write_bytes/ {print $2}' "/proc/$PID/io")
