@@ -103,14 +103,7 @@ impl ExecutorBuilder {
             handlers.insert(name.clone(), h);
         }
         let metrics = Metrics::new()?;
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            // Created for the executor's user alone: it holds job parameters, logs, scripts.
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&config.executor.data_dir)?;
-        }
+        crate::private_file::create_dir(&config.executor.data_dir)?;
         // Opening can wait seconds for the lock (a restart right after a crash): not on the
         // runtime's few worker threads.
         let store = {
@@ -512,17 +505,6 @@ impl Snapshot {
         let mut v = self.0.clone();
         v["written_ms"] = crate::clock::now_ms().into();
         let tmp: PathBuf = dir.join(format!(".{SNAPSHOT_FILE}.tmp"));
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(v.to_string().as_bytes())?;
-        }
-        std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))
+        crate::private_file::replace(&tmp, &dir.join(SNAPSHOT_FILE), v.to_string().as_bytes())
     }
 }

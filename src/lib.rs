@@ -61,6 +61,7 @@ pub mod api;
 #[cfg(not(feature = "internals"))]
 pub(crate) mod api;
 pub(crate) mod clock;
+mod private_file;
 pub(crate) mod registry;
 pub(crate) mod report;
 mod runlog;

@@ -25,7 +25,6 @@
 //! Only single-key operations: no sled transactions or batches (see [`Store::finish`] for why
 //! and for how the order of writes stands in for them).
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -391,10 +390,7 @@ impl Store {
             reason,
         };
         // Job parameters, logs and outcomes: readable by the executor's user only.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
+        crate::private_file::create_dir(&dir)
             .map_err(|e| unusable(format!("cannot create it: {e}")))?;
         let deadline = std::time::Instant::now() + lock_wait;
         let db = loop {
@@ -437,10 +433,7 @@ impl Store {
             }
         }
         let bulk_dir = dir.join(BULK_DIR);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&bulk_dir)
+        crate::private_file::create_dir(&bulk_dir)
             .map_err(|e| unusable(format!("cannot create {}: {e}", bulk_dir.display())))?;
         remove_orphans(&runs, &bulk_dir);
         private_files(&dir);

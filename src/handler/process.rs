@@ -122,13 +122,7 @@ impl ScriptHandler {
         updated: i64,
         kill_grace: Duration,
     ) -> std::io::Result<Self> {
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(glue_dir)?;
-        }
+        crate::private_file::create_dir(glue_dir)?;
         let name = format!("{job_id}_{updated}{}", kind.suffix());
         let file = glue_dir.join(&name);
         let prefix = format!("{job_id}_");
@@ -140,20 +134,9 @@ impl ScriptHandler {
             }
         }
         if !file.exists() {
+            // Read by the interpreter, which runs as the executor's user.
             let tmp = glue_dir.join(format!(".{name}.tmp"));
-            {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                // Read by the interpreter, which runs as the executor's user.
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                f.write_all(source.as_bytes())?;
-            }
-            std::fs::rename(&tmp, &file)?;
+            crate::private_file::replace(&tmp, &file, source.as_bytes())?;
         }
         Ok(Self {
             kind,
