@@ -274,19 +274,12 @@ impl Runner {
         };
         let t = self.insert_accepted_owned(t).await?;
         let (admitted_tx, admitted_rx) = oneshot::channel();
-        let mut admitted_rx = Some(admitted_rx);
         // Commit on the state found now; the decision can have changed while the lock was
         // free. At most twice: a second pass only happens when a worker must now be built.
+        // The queue takes the trigger itself, not a copy (params can be megabytes).
         let victim = loop {
             let mut jobs = lock(&inner.jobs);
-            let decision = self.decide(&jobs, &t, &resolved);
-            let push = |w: &Worker, rx: &mut Option<oneshot::Receiver<bool>>| {
-                if let Some(rx) = rx.take() {
-                    inner.metrics.queued.inc();
-                    w.push(Queued::new(t.clone(), Some(rx)));
-                }
-            };
-            match decision {
+            match self.decide(&jobs, &t, &resolved) {
                 Decision::Refuse(r) => {
                     drop(jobs);
                     self.forget(t.log_id);
@@ -295,7 +288,8 @@ impl Runner {
                 // `decide` queues only on a worker it found in `jobs`, under this same lock.
                 Decision::Queue => match jobs.get(&t.job_id) {
                     Some(w) => {
-                        push(w, &mut admitted_rx);
+                        inner.metrics.queued.inc();
+                        w.push(Queued::new(t, Some(admitted_rx)));
                         break None;
                     }
                     None => {
@@ -325,7 +319,8 @@ impl Runner {
                     };
                     let w = Worker::new(t.job_id, resolved.clone(), h, inner.busy_jobs.clone());
                     jobs.insert(t.job_id, w.clone());
-                    push(&w, &mut admitted_rx);
+                    inner.metrics.queued.inc();
+                    w.push(Queued::new(t, Some(admitted_rx)));
                     self.spawn_worker(w);
                     break old.map(|(old, why)| {
                         let queued = old.stop_with(why);
