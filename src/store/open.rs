@@ -1,0 +1,146 @@
+//! Opening the store: its directory, sled's lock, the schema.
+
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::bulk::remove_orphans;
+use super::commit::group_commit;
+use super::{Inner, Result, Store, StoreError, BULK_DIR, LOCK_WAIT, SCHEMA_VERSION};
+use crate::config::StoreConfig;
+
+/// sled reports a held lock only as an `Other` I/O error with this message (sled 0.34's
+/// `Config::open`), so the message is all there is to tell it from a corrupt store.
+fn is_lock_conflict(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
+}
+
+impl Store {
+    /// Opens (or creates) the store under `data_dir/store` and starts the group-commit task.
+    ///
+    /// Must be called inside a tokio runtime.
+    ///
+    /// Waits up to [`LOCK_WAIT`] for the lock: see [`Store::open_waiting`].
+    ///
+    /// # Errors
+    /// As [`Store::open_waiting`].
+    pub fn open(data_dir: &Path, cfg: StoreConfig) -> Result<Self> {
+        Self::open_waiting(data_dir, cfg, LOCK_WAIT)
+    }
+
+    /// Opens the store, waiting up to `lock_wait` while another process holds its lock.
+    ///
+    /// The wait is for restarts: right after a crash the lock can still be held for a moment,
+    /// by the dying process or by a command it forked that has not reached `exec` yet (the
+    /// child shares the locked file until then). A restart must not fail on that.
+    ///
+    /// # Errors
+    /// [`StoreError::Locked`] when the lock stays taken (another executor on the same data
+    /// directory); [`StoreError::Unusable`] when the database is corrupt or of an unknown
+    /// schema: the executor must not silently start empty.
+    pub fn open_waiting(data_dir: &Path, cfg: StoreConfig, lock_wait: Duration) -> Result<Self> {
+        let dir = data_dir.join("store");
+        let unusable = |reason: String| StoreError::Unusable {
+            path: dir.display().to_string(),
+            reason,
+        };
+        // Job parameters, logs and outcomes: readable by the executor's user only.
+        crate::private_file::create_dir(&dir)
+            .map_err(|e| unusable(format!("cannot create it: {e}")))?;
+        let deadline = std::time::Instant::now() + lock_wait;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(&dir)
+                .cache_capacity(cfg.cache_bytes)
+                .mode(sled::Mode::LowSpace)
+                .flush_every_ms(cfg.flush_every.map(|d| d.as_millis().max(1) as u64))
+                .open();
+            match opened {
+                Ok(db) => break db,
+                Err(e) if is_lock_conflict(&e) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Locked {
+                            path: dir.display().to_string(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(unusable(e.to_string())),
+            }
+        };
+        let open = |name: &str| db.open_tree(name).map_err(|e| unusable(e.to_string()));
+        let runs = open("runs")?;
+        let outbox = open("outbox")?;
+        let keys = open("keys")?;
+        let logs = open("logs")?;
+        let meta = open("meta")?;
+        match meta.get("schema").map_err(|e| unusable(e.to_string()))? {
+            None => {
+                meta.insert("schema", &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(|e| unusable(e.to_string()))?;
+            }
+            Some(v) if v.as_ref() == SCHEMA_VERSION.to_be_bytes() => {}
+            Some(v) => {
+                return Err(unusable(format!(
+                    "schema version {:?} is not {SCHEMA_VERSION}, this build's",
+                    v.as_ref()
+                )))
+            }
+        }
+        let bulk_dir = dir.join(BULK_DIR);
+        crate::private_file::create_dir(&bulk_dir)
+            .map_err(|e| unusable(format!("cannot create {}: {e}", bulk_dir.display())))?;
+        remove_orphans(&runs, &bulk_dir);
+        private_files(&dir);
+        let outbox_len = outbox.len() as u64;
+        let dir_shown = dir.display().to_string();
+        let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            db,
+            runs,
+            outbox,
+            keys,
+            logs,
+            dir,
+            bulk_dir,
+            pending_removals: std::sync::Mutex::new(Vec::new()),
+            cfg,
+            outbox_len: AtomicU64::new(outbox_len),
+            flush_tx,
+            on_flush: std::sync::OnceLock::new(),
+            flushes_begun: AtomicU64::new(0),
+            flushes_done: AtomicU64::new(0),
+        });
+        // A weak handle: dropping the last `Store` closes the database (and its file lock).
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("xxl-edge-flush".into())
+            .stack_size(128 * 1024)
+            .spawn(move || group_commit(weak, flush_rx))
+            .map_err(|e| StoreError::Unusable {
+                path: dir_shown,
+                reason: format!("cannot start the flush thread: {e}"),
+            })?;
+        Ok(Self { inner })
+    }
+}
+
+/// sled creates its files with the process's umask (usually 0644); they hold job parameters and
+/// logs, so they are made the owner's alone (the directory is 0700 as well).
+pub(super) fn private_files(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let mode = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            0o700
+        } else {
+            0o600
+        };
+        let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode));
+    }
+}

@@ -1,0 +1,90 @@
+//! Retention: the byte budget, the age limit, free space.
+
+use std::time::Duration;
+
+use super::records::{run_id, KeyRecord, RunRecord};
+use super::{Result, Store, StoreError};
+use crate::clock;
+use crate::job::RunState;
+
+impl Store {
+    /// Refuses new work when the file system is below `store.min_free_bytes`.
+    ///
+    /// # Errors
+    /// [`StoreError::DiskFull`].
+    pub fn check_space(&self) -> Result<()> {
+        let min = self.inner.cfg.min_free_bytes;
+        if min == 0 {
+            return Ok(());
+        }
+        if let Ok(st) = nix::sys::statvfs::statvfs(&self.inner.dir) {
+            // These are 32-bit on armv7 and 64-bit on aarch64, hence the conversion.
+            #[allow(clippy::useless_conversion)]
+            let free =
+                u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
+            if free < min {
+                return Err(StoreError::DiskFull {
+                    path: self.inner.dir.display().to_string(),
+                    free,
+                    min,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// sled's files on disk, in bytes.
+    pub fn size_on_disk(&self) -> u64 {
+        self.inner.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Prunes reported runs (and their logs) older than `max_age`, then the oldest reported runs
+    /// while the store is over its byte budget. Unfinished runs and the outbox are never pruned.
+    /// Expired idempotency keys go too. Returns the number of runs removed.
+    ///
+    /// # Errors
+    /// I/O or a corrupt record.
+    pub fn prune(&self, max_age: Option<Duration>) -> Result<u64> {
+        let now = clock::now_ms();
+        let cutoff = max_age.map(|a| now - a.as_millis() as i64);
+        let over_budget = self.size_on_disk() > self.inner.cfg.max_bytes;
+        let mut removed = 0u64;
+        // Over budget, free a tenth of the journal per pass (oldest first); sled reclaims the
+        // space as it rewrites segments, so the effect on disk lags a little.
+        let budget_quota = if over_budget {
+            (self.inner.runs.len() as u64 / 10).max(1)
+        } else {
+            0
+        };
+        let mut budget_removed = 0u64;
+        for item in self.inner.runs.iter() {
+            let (k, v) = item?;
+            let rec: RunRecord = serde_json::from_slice(&v)?;
+            if self.derived_state(&rec)? != RunState::Reported {
+                continue;
+            }
+            let old = cutoff.is_some_and(|c| rec.finished_ms.unwrap_or(rec.accepted_ms) < c);
+            let budget = budget_removed < budget_quota;
+            if !(old || budget) {
+                continue;
+            }
+            if !old {
+                budget_removed += 1;
+            }
+            if let Some(id) = run_id(&k) {
+                self.remove_log(id)?;
+            }
+            self.inner.runs.remove(k)?;
+            // Normally gone since the run finished; a crash can have kept it.
+            self.remove_after_flush(&rec);
+            removed += 1;
+        }
+        for item in self.inner.keys.iter() {
+            let (k, v) = item?;
+            if serde_json::from_slice::<KeyRecord>(&v).map_or(true, |kr| kr.expires_ms <= now) {
+                self.inner.keys.remove(k)?;
+            }
+        }
+        Ok(removed)
+    }
+}
