@@ -388,6 +388,7 @@ async fn flush_logs(
             () = tokio::time::sleep(every) => {}
             () = stop.cancelled() => return,
         }
+        logs.save_all();
         if logs.unflushed() {
             if let Err(e) = store.synced().await {
                 internal_error!(metrics, Op::Flush, e, "Cannot flush run logs.");

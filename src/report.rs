@@ -224,8 +224,9 @@ impl Reporter {
         // What the batch reports must be on disk before the admin sees it: a crash between
         // the send and the flush would otherwise lose the outcome, and the recovery would
         // report the run a second time as interrupted (the soak test caught exactly this).
-        // The flush is shared with concurrent `/run`s, so it costs one per batch at most.
-        if let Err(e) = self.store.synced().await {
+        // The flush is the one the runner started when it recorded the outcome, shared with
+        // concurrent `/run`s, so it costs one per batch at most.
+        if let Err(e) = self.store.outcomes_synced().await {
             internal_error!(
                 self.metrics,
                 Op::Flush,
@@ -257,22 +258,19 @@ impl Reporter {
         }
         match res {
             Ok(_) => {
-                // Flushed before anything else, in the relaxed mode too (one flush per batch):
-                // an acknowledged callback must not come back after a crash (the "finish" log
-                // line below means "durably acknowledged").
+                // Not flushed on its own: the removal rides the next group commit (the next
+                // `/run`'s, or the log flusher's within `store.log_flush_ms`, which the
+                // "callback finish" lines below wait for). A crash before then sends these
+                // callbacks once more, identical, and the admin ignores a repeated one; a flush
+                // per delivery was a third of a lone run's writes. Those lines are written
+                // after the removal, and sled recovers a prefix of its writes, so a "callback
+                // finish" that `/log` has shown (it flushes first) means durably acknowledged.
                 if let Err(e) = self.store.ack(&batch) {
                     internal_error!(
                         self.metrics,
                         Op::OutboxAck,
                         e,
                         "Callbacks were delivered but cannot be removed from the outbox; they may be sent once more."
-                    );
-                } else if let Err(e) = self.store.synced().await {
-                    internal_error!(
-                        self.metrics,
-                        Op::Flush,
-                        e,
-                        "Cannot flush the outbox after a delivery; a crash now may send these callbacks once more."
                     );
                 }
                 self.metrics

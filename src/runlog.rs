@@ -5,9 +5,15 @@
 //! live log of a run when one exists, so a late handler write and the reporter's "callback finish"
 //! share one counter and can never take the same line number. A log that nobody holds continues
 //! after the last line in the store.
+//!
+//! Lines are buffered per run and written as chunks (one sled key for many lines): when the
+//! run ends (before its outcome, so the outcome's flush carries them), when the last handle
+//! goes, when a chunk reaches [`CHUNK_BYTES`], before `/log` answers, and by the executor's
+//! log flusher at most `store.log_flush_ms` after they were written. A line waits in memory at
+//! most that long, which is the bound the README promises for a crash.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::clock;
@@ -27,6 +33,10 @@ pub(crate) const START_LINE_PARAM_BYTES: usize = 4 * 1024;
 /// What each stored line costs against the run's cap besides its text: the key and sled's
 /// bookkeeping. Without it a flood of empty lines would be free.
 const LINE_OVERHEAD: u64 = 16;
+
+/// A buffered chunk is written once it holds this many bytes, so a chatty handler makes values
+/// of bounded size (sled keeps large values out of line, at a cost) and memory stays bounded.
+const CHUNK_BYTES: usize = 32 * 1024;
 
 /// The logs of live runs; cheap to clone.
 #[derive(Clone)]
@@ -61,11 +71,21 @@ struct LogInner {
     shared: Weak<Shared>,
     store: Store,
     log_id: LogId,
-    next: AtomicU32,
+    /// Line numbers are taken under this lock together with the buffer, so a chunk always
+    /// holds consecutive lines even with two writers (handler and reporter).
+    pending: Mutex<Pending>,
     used: AtomicU64,
     cap: u64,
     truncated: AtomicBool,
     last_write: Arc<AtomicU64>,
+}
+
+/// Lines written but not yet in the store.
+struct Pending {
+    /// The number the next line gets.
+    next: u32,
+    lines: Vec<String>,
+    bytes: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -109,7 +129,11 @@ impl RunLogs {
             shared: Arc::downgrade(&self.inner),
             store: self.inner.store.clone(),
             log_id,
-            next: AtomicU32::new(last.saturating_add(1)),
+            pending: Mutex::new(Pending {
+                next: last.saturating_add(1),
+                lines: Vec::new(),
+                bytes: 0,
+            }),
             used: AtomicU64::new(0),
             cap: self.inner.cap,
             last_write: self.inner.last_write.clone(),
@@ -119,7 +143,27 @@ impl RunLogs {
         RunLog { inner }
     }
 
-    /// True when a line was written that no completed flush has put on disk yet.
+    /// Writes the buffered lines of every live log to the store.
+    pub(crate) fn save_all(&self) {
+        let live: Vec<_> = lock(&self.inner.live)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for l in live {
+            l.save();
+        }
+    }
+
+    /// Writes the buffered lines of one run's log to the store, if it is live.
+    pub(crate) fn save(&self, log_id: LogId) {
+        let l = lock(&self.inner.live).get(&log_id).and_then(Weak::upgrade);
+        if let Some(l) = l {
+            l.save();
+        }
+    }
+
+    /// True when a line was written that no completed flush has put on disk yet (call
+    /// [`RunLogs::save_all`] first: lines still buffered are not counted).
     pub(crate) fn unflushed(&self) -> bool {
         // Stored as epoch + 1, so that 0 means "nothing written".
         match self.inner.last_write.load(Ordering::Acquire) {
@@ -135,8 +179,37 @@ impl RunLogs {
     }
 }
 
+impl LogInner {
+    /// Writes the buffered lines as one chunk.
+    fn save(&self) {
+        let mut p = lock(&self.pending);
+        self.write_locked(&mut p);
+    }
+
+    fn write_locked(&self, p: &mut Pending) {
+        if p.lines.is_empty() {
+            return;
+        }
+        let first = p.next - p.lines.len() as u32;
+        let res = self.store.append_log_chunk(self.log_id, first, &p.lines);
+        // Read after the write: a flush that begins after this epoch carries the chunk (one
+        // that began before may have missed it).
+        let epoch = self.store.flush_epoch();
+        self.last_write.fetch_max(epoch + 1, Ordering::AcqRel);
+        p.lines.clear();
+        p.bytes = 0;
+        if let Err(e) = res {
+            if let Some(shared) = self.shared.upgrade() {
+                (shared.on_error)(&e);
+            }
+        }
+    }
+}
+
 impl Drop for LogInner {
     fn drop(&mut self) {
+        // Nobody can write to this log any more: what it buffered goes to the store now.
+        self.save();
         if let Some(shared) = self.shared.upgrade() {
             let mut live = lock(&shared.live);
             // A newer handle may have replaced this one after the last strong reference went.
@@ -151,27 +224,36 @@ impl Drop for LogInner {
 }
 
 impl RunLog {
+    /// Buffers `text` as one line or more: split at newlines (a stored line never holds one)
+    /// and at [`MAX_LINE_BYTES`].
     fn append(&self, text: &str) {
-        let mut rest = text;
-        loop {
-            let cut = split_at_most(rest, MAX_LINE_BYTES);
-            let (line, tail) = rest.split_at(cut);
-            let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
-            self.inner
-                .used
-                .fetch_add(line.len() as u64 + LINE_OVERHEAD, Ordering::Relaxed);
-            let epoch = self.inner.store.flush_epoch();
-            self.inner.last_write.fetch_max(epoch + 1, Ordering::AcqRel);
-            if let Err(e) = self.inner.store.append_log(self.inner.log_id, n, line) {
-                if let Some(shared) = self.inner.shared.upgrade() {
-                    (shared.on_error)(&e);
+        let mut p = lock(&self.inner.pending);
+        for part in text.split('\n') {
+            let mut rest = part;
+            loop {
+                let cut = split_at_most(rest, MAX_LINE_BYTES);
+                let (line, tail) = rest.split_at(cut);
+                self.inner
+                    .used
+                    .fetch_add(line.len() as u64 + LINE_OVERHEAD, Ordering::Relaxed);
+                p.next = p.next.saturating_add(1);
+                p.bytes += line.len() + 1;
+                p.lines.push(line.to_owned());
+                if p.bytes >= CHUNK_BYTES {
+                    self.inner.write_locked(&mut p);
                 }
+                if tail.is_empty() {
+                    break;
+                }
+                rest = tail;
             }
-            if tail.is_empty() {
-                return;
-            }
-            rest = tail;
         }
+    }
+
+    /// Writes what this run's log buffered to the store (riding the next flush). The runner
+    /// calls it before it records the outcome, so the outcome's flush carries the whole log.
+    pub(crate) fn save(&self) {
+        self.inner.save();
     }
 
     /// The executor's own line: prefixed, split on newlines, never dropped by the cap (each
@@ -305,7 +387,8 @@ mod tests {
         (dir, store, logs)
     }
 
-    fn lines(store: &Store, id: i64) -> Vec<String> {
+    fn lines(store: &Store, logs: &RunLogs, id: i64) -> Vec<String> {
+        logs.save_all();
         store
             .read_log(LogId(id), 1, usize::MAX, usize::MAX)
             .unwrap()
@@ -323,7 +406,7 @@ mod tests {
         let reporter_side = logs.open(LogId(1));
         reporter_side.callback_finish();
         runner_side.write_line("late handler line");
-        let got = lines(&store, 1);
+        let got = lines(&store, &logs, 1);
         assert_eq!(got.len(), 3, "{got:?}");
         assert!(got[1].ends_with("callback finish."));
         assert_eq!(got[2], "late handler line");
@@ -331,7 +414,7 @@ mod tests {
         assert_eq!(logs.live(), 0, "dropped logs leave the map");
         // Nobody holds it: a new handle continues after the stored lines.
         logs.open(LogId(1)).note("after");
-        assert_eq!(lines(&store, 1).len(), 4);
+        assert_eq!(lines(&store, &logs, 1).len(), 4);
     }
 
     /// Issue 9 #14: params of newlines were a system line outside the cap.
@@ -341,18 +424,21 @@ mod tests {
         let (_d, store, logs) = logs(cap).await;
         let log = logs.open(LogId(2));
         log.start(Some(&"\n".repeat(1 << 20)));
-        let start_lines = lines(&store, 2).len();
+        let start_lines = lines(&store, &logs, 2).len();
         assert!(start_lines <= START_LINE_PARAM_BYTES + 2, "{start_lines}");
         // Empty lines cost too, and the start line used part of the cap.
         for _ in 0..20_000 {
             log.write_line("");
         }
-        let n = lines(&store, 2).len();
+        let n = lines(&store, &logs, 2).len();
         assert!(n <= (cap / LINE_OVERHEAD) as usize + 1, "{n} lines");
-        assert!(lines(&store, 2).last().unwrap().contains("log truncated"));
+        assert!(lines(&store, &logs, 2)
+            .last()
+            .unwrap()
+            .contains("log truncated"));
         // The essential lines still come after the cap.
         log.end(&Outcome::success());
-        assert!(lines(&store, 2)
+        assert!(lines(&store, &logs, 2)
             .last()
             .unwrap()
             .contains("Result: handleCode=200"));
@@ -364,7 +450,7 @@ mod tests {
         let log = logs.open(LogId(3));
         let text = "é".repeat(MAX_LINE_BYTES); // 2 bytes each
         log.write_line(&text);
-        let got = lines(&store, 3);
+        let got = lines(&store, &logs, 3);
         assert_eq!(got.len(), 2);
         assert!(got.iter().all(|l| l.len() <= MAX_LINE_BYTES));
         assert_eq!(got.concat(), text);

@@ -348,6 +348,7 @@ where
             drop(body);
             // A line `/log` shows is never taken back by a crash: lines not yet on disk are
             // flushed first (one group commit shared with everything else waiting).
+            s.logs.save(LogId(p.log_id));
             if s.logs.unflushed() {
                 if let Err(e) = s.store.synced().await {
                     tracing::warn!(error = %e, "Cannot flush run logs before serving /log.");

@@ -462,7 +462,13 @@ impl Runner {
     fn record(&self, t: &Trigger, outcome: &Outcome, kind: OutcomeKind, ran: Option<Duration>) {
         let label = self.label(t);
         let trace = crate::telemetry::traces::span_ref(&tracing::Span::current());
-        match self.inner.store.finish(t, outcome, kind, trace) {
+        self.inner.store.outcome_begins();
+        let finished = self.inner.store.finish(t, outcome, kind, trace);
+        // Flushed soon, not waited for: the reporter waits for this same flush before it
+        // sends the callback, the log flusher within `store.log_flush_ms` if no callback can
+        // go out, and a crash before then reports the run as interrupted, never as run twice.
+        self.inner.store.outcome_written();
+        match finished {
             Ok(true) => {
                 self.inner
                     .metrics

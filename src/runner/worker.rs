@@ -440,6 +440,9 @@ impl Runner {
             kind = OutcomeKind::Killed;
         }
         log.end(&outcome);
+        // The whole log goes into the store before the outcome, so the flush that precedes
+        // the callback carries both.
+        log.save();
         inner.metrics.executing.dec();
         span.record("xxl.job.outcome.code", outcome.code);
         span.record("xxl.job.outcome", kind.as_str());
@@ -447,10 +450,6 @@ impl Runner {
             span.record("otel.status_code", "ERROR");
         }
         self.record(&t, &outcome, kind, Some(started.elapsed()));
-        // Not waited for: the next group commit carries it (the reporter waits for one before
-        // it sends the callback), and a crash before then reports the run as interrupted,
-        // never as run twice.
-        inner.store.flush_soon();
     }
 }
 

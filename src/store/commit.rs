@@ -8,6 +8,14 @@ use tokio::sync::{mpsc, oneshot};
 use super::bulk::remove_bulk_file;
 use super::{FlushObserver, Inner, Result, Store, StoreError};
 
+/// A wait for a flush. `since`: the caller's writes are on disk once a flush that began after
+/// that epoch has completed, so the flush thread answers at once if one has; `None` always
+/// gets a new flush.
+pub(super) struct FlushRequest {
+    since: Option<u64>,
+    reply: oneshot::Sender<Result<(), String>>,
+}
+
 impl Store {
     /// Waits until everything written so far is on disk (shared with concurrent callers).
     ///
@@ -27,10 +35,55 @@ impl Store {
     /// # Errors
     /// The flush failed (I/O error, disk full).
     pub async fn synced(&self) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
+        self.request_flush(None).await
+    }
+
+    /// Records that a run's outcome was just written, and starts a flush for it without
+    /// waiting. [`Store::outcomes_synced`] then waits for that same flush instead of asking for
+    /// a second one: a lone run paid two flushes for its outcome, one here and one when the
+    /// reporter asked, because a request that arrives during a flush waits for the next.
+    ///
+    /// Call [`Store::outcome_begins`] before the write: while an outcome is between the two,
+    /// the reporter may already see its callback but not yet its epoch, so it flushes anew.
+    pub fn outcome_written(&self) {
+        // Read after the write: any flush that begins later carries it.
+        let epoch = self.flush_epoch();
+        self.inner.outcomes_epoch.fetch_max(epoch, Ordering::SeqCst);
+        self.inner.outcomes_writing.fetch_sub(1, Ordering::SeqCst);
+        if self.inner.cfg.flush_every.is_none() {
+            let (reply, _rx) = oneshot::channel();
+            let _ = self.inner.flush_tx.send(FlushRequest { since: None, reply });
+        }
+    }
+
+    /// An outcome is about to be written; [`Store::outcome_written`] must follow.
+    pub fn outcome_begins(&self) {
+        self.inner.outcomes_writing.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Waits until every outcome recorded so far (see [`Store::outcome_written`]) is on disk,
+    /// in the relaxed mode too: the reporter's wait before it sends callbacks.
+    ///
+    /// # Errors
+    /// The flush failed (I/O error, disk full).
+    pub async fn outcomes_synced(&self) -> Result<()> {
+        // Every outcome the caller has seen was written before this point; if none is
+        // between its write and its epoch now, the epoch covers them all.
+        let settled = self.inner.outcomes_writing.load(Ordering::SeqCst) == 0;
+        let since = self.inner.outcomes_epoch.load(Ordering::SeqCst);
+        // In the relaxed mode sled's own timer flushes are not counted in the epochs: flush.
+        let since = (settled && self.inner.cfg.flush_every.is_none()).then_some(since);
+        if since.is_some_and(|e| self.is_flushed(e)) {
+            return Ok(());
+        }
+        self.request_flush(since).await
+    }
+
+    async fn request_flush(&self, since: Option<u64>) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
         self.inner
             .flush_tx
-            .send(tx)
+            .send(FlushRequest { since, reply })
             .map_err(|_| StoreError::Closed)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
@@ -44,14 +97,6 @@ impl Store {
     /// Sets the observer of flush durations (once).
     pub fn set_flush_observer(&self, f: FlushObserver) {
         let _ = self.inner.on_flush.set(f);
-    }
-
-    /// Asks for a flush without waiting for it: the outcome rides the next group commit.
-    pub fn flush_soon(&self) {
-        if self.inner.cfg.flush_every.is_none() {
-            let (tx, _rx) = oneshot::channel();
-            let _ = self.inner.flush_tx.send(tx);
-        }
     }
 
     /// Flushes synchronously; for shutdown and tools.
@@ -86,12 +131,23 @@ const GROUP_COMMIT_MIN_GAP: Duration = Duration::from_millis(1);
 
 pub(super) fn group_commit(
     inner: std::sync::Weak<Inner>,
-    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
+    mut rx: mpsc::UnboundedReceiver<FlushRequest>,
 ) {
     // Set when the last flush served more than one waiter: a sign of load. A lone writer
     // (one request at a time) never waits for the gap.
     let mut last_start: Option<std::time::Instant> = None;
     while let Some(first) = rx.blocking_recv() {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        // Waits that a completed flush already covers are answered without another.
+        let done = strong.flushes_done.load(Ordering::Acquire);
+        drop(strong);
+        let covered = |r: &FlushRequest| r.since.is_some_and(|e| done > e);
+        if covered(&first) {
+            let _ = first.reply.send(Ok(()));
+            continue;
+        }
         if let Some(t) = last_start {
             let gap =
                 (t + GROUP_COMMIT_MIN_GAP).saturating_duration_since(std::time::Instant::now());
@@ -102,7 +158,11 @@ pub(super) fn group_commit(
         let began = std::time::Instant::now();
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
-            waiters.push(w);
+            if covered(&w) {
+                let _ = w.reply.send(Ok(()));
+            } else {
+                waiters.push(w);
+            }
         }
         last_start = (waiters.len() > 1).then_some(began);
         let Some(strong) = inner.upgrade() else {
@@ -111,7 +171,7 @@ pub(super) fn group_commit(
         let res = flush_and_remove(&strong).map_err(|e| e.to_string());
         drop(strong);
         for w in waiters {
-            let _ = w.send(res.clone());
+            let _ = w.reply.send(res.clone());
         }
     }
 }

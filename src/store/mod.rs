@@ -30,7 +30,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::config::StoreConfig;
 use crate::job::LogId;
@@ -159,7 +159,11 @@ struct Inner {
     pending_removals: std::sync::Mutex<Vec<PathBuf>>,
     cfg: StoreConfig,
     outbox_len: AtomicU64,
-    flush_tx: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    flush_tx: mpsc::UnboundedSender<commit::FlushRequest>,
+    /// The flush epoch read after the last recorded outcome (see [`Store::outcome_written`]).
+    outcomes_epoch: AtomicU64,
+    /// Outcomes between [`Store::outcome_begins`] and [`Store::outcome_written`].
+    outcomes_writing: AtomicU64,
     on_flush: std::sync::OnceLock<FlushObserver>,
     /// Flushes begun and flushes completed successfully, in order (one flush at a time): a
     /// write made when `flushes_begun` was `n` is on disk once `flushes_done > n`.

@@ -112,6 +112,8 @@ impl Store {
             flush_tx,
             on_flush: std::sync::OnceLock::new(),
             flushes_begun: AtomicU64::new(0),
+            outcomes_epoch: AtomicU64::new(0),
+            outcomes_writing: AtomicU64::new(0),
             flushes_done: AtomicU64::new(0),
         });
         // A weak handle: dropping the last `Store` closes the database (and its file lock).
