@@ -21,6 +21,17 @@ def write_bytes(pid):
                 return int(line.split()[1])
     return 0
 
+def flushes(url):
+    """Group-commit flushes so far, from the executor's /metrics."""
+    try:
+        text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    except Exception:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("xxl_edge_store_flush_duration_seconds_count"):
+            return int(float(line.split()[-1]))
+    return 0
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=float, default=10.0)
@@ -58,7 +69,7 @@ def main():
         except Exception:
             time.sleep(0.05)
     time.sleep(2)
-    before = write_bytes(proc.pid)
+    before, flushes_before = write_bytes(proc.pid), flushes(url)
     start = time.time()
     for i in range(a.runs):
         due = start + i / a.rate
@@ -78,12 +89,13 @@ def main():
                 break
         time.sleep(0.05)
     time.sleep(1.5)  # the run-log flusher's bound, so the last lines are counted too
-    after = write_bytes(proc.pid)
+    after, flushes_after = write_bytes(proc.pid), flushes(url)
     proc.terminate(); proc.wait(timeout=30); srv.shutdown()
     with lock:
         n = len(done)
     print(f"lone writer at {a.rate:g} runs/s: {n} of {a.runs} runs called back, "
-          f"{(after - before) / max(n, 1):.0f} bytes written to disk per run")
+          f"{(after - before) / max(n, 1):.0f} bytes written to disk per run, "
+          f"{(flushes_after - flushes_before) / max(n, 1):.2f} flushes per run")
 
 if __name__ == "__main__":
     main()

@@ -273,6 +273,7 @@ impl Runner {
             Decision::Queue => None,
         };
         let t = self.insert_accepted_owned(t).await?;
+        let written = inner.store.flush_epoch();
         let (admitted_tx, admitted_rx) = oneshot::channel();
         // Commit on the state found now; the decision can have changed while the lock was
         // free. At most twice: a second pass only happens when a worker must now be built.
@@ -332,7 +333,12 @@ impl Runner {
         if let Some((old, queued)) = victim {
             self.kill_queued(&old, queued);
         }
-        match inner.store.durable().await {
+        // A worker that takes the trigger at once marks it running and asks for a flush;
+        // letting it go first makes that one flush carry the acceptance too (one flush per
+        // run instead of two in a row: `durable_since` is answered by any flush that began
+        // after the acceptance was written).
+        tokio::task::yield_now().await;
+        match inner.store.durable_since(written).await {
             Ok(()) => {
                 let _ = admitted_tx.send(true);
                 Ok(TriggerResult::Accepted)

@@ -317,9 +317,10 @@ impl Runner {
         if let Err(e) = store.mark_running(t.log_id, key.map(|(k, _)| k)) {
             return Prep::Failed(Op::MarkRunning, "mark it started", e);
         }
+        let written = store.flush_epoch();
         // "Running" must be on disk before the handler starts: that is what makes a crash
         // during the run end in an "interrupted" callback instead of a second execution.
-        if let Err(e) = store.durable().await {
+        if let Err(e) = store.durable_since(written).await {
             if let Some(a) = admitted.take() {
                 if !self.admitted(a, t.log_id).await {
                     return Prep::Refused;

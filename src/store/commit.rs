@@ -28,6 +28,19 @@ impl Store {
         self.synced().await
     }
 
+    /// Waits until writes made before `epoch` was read ([`Store::flush_epoch`], read after
+    /// the writes) are on disk: answered by a flush that began after it, so two writers whose
+    /// writes one flush carried do not pay for two.
+    ///
+    /// # Errors
+    /// The flush failed (I/O error, disk full).
+    pub async fn durable_since(&self, epoch: u64) -> Result<()> {
+        if self.inner.cfg.flush_every.is_some() || self.is_flushed(epoch) {
+            return Ok(());
+        }
+        self.request_flush(Some(epoch)).await
+    }
+
     /// Waits until everything written so far is on disk, in the relaxed mode too. For writes
     /// whose effect leaves the process before the timer flush would come: a callback sent for
     /// an outcome that a crash then loses would be followed by a second, contradicting one.
@@ -52,7 +65,10 @@ impl Store {
         self.inner.outcomes_writing.fetch_sub(1, Ordering::SeqCst);
         if self.inner.cfg.flush_every.is_none() {
             let (reply, _rx) = oneshot::channel();
-            let _ = self.inner.flush_tx.send(FlushRequest { since: None, reply });
+            let _ = self
+                .inner
+                .flush_tx
+                .send(FlushRequest { since: None, reply });
         }
     }
 
