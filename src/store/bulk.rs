@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use super::records::run_key;
-use super::records::RunRecord;
+use super::records::v2::{put_bulk_trigger, IoSink};
+use super::records::{decode_bulk_trigger, run_key, RunRecord};
 use super::Bulk;
 use super::{Result, Store, StoreError};
 use crate::job::{Glue, LogId, RunState, Trigger};
@@ -46,7 +46,7 @@ impl Store {
     pub(super) fn read_bulk(&self, b: &Bulk, id: LogId) -> std::result::Result<Trigger, String> {
         let path = self.inner.bulk_dir.join(&b.file);
         let v = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let t = serde_json::from_slice::<Trigger>(&v)
+        let t = decode_bulk_trigger(&v)
             .map_err(|e| format!("{} does not decode: {e}", path.display()))?;
         if t.log_id != id {
             return Err(format!(
@@ -82,7 +82,8 @@ pub(super) fn remove_bulk_file(path: &Path) {
     }
 }
 
-/// Writes a large trigger to `path` (mode 0600) and fsyncs the file and its directory.
+/// Writes a large trigger to `path` (mode 0600, schema 2) and fsyncs the file and its
+/// directory.
 pub(super) fn write_bulk(dir: &Path, path: &Path, trigger: &Trigger) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -98,10 +99,16 @@ pub(super) fn write_bulk(dir: &Path, path: &Path, trigger: &Trigger) -> Result<(
         .mode(0o600)
         .open(path)
         .and_then(|f| {
-            let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
-            serde_json::to_writer(&mut w, trigger).map_err(std::io::Error::from)?;
-            w.flush()?;
-            w.get_ref().sync_all()
+            let mut w = IoSink {
+                w: std::io::BufWriter::with_capacity(64 * 1024, f),
+                err: None,
+            };
+            put_bulk_trigger(&mut w, trigger);
+            if let Some(e) = w.err {
+                return Err(e);
+            }
+            w.w.flush()?;
+            w.w.get_ref().sync_all()
         });
     if let Err(e) = written {
         let _ = std::fs::remove_file(path);
@@ -131,7 +138,7 @@ pub(super) fn remove_orphans(runs: &sled::Tree, bulk_dir: &Path) {
             .next()
             .and_then(|id| id.parse::<i64>().ok())
             .and_then(|id| runs.get(run_key(LogId(id))).ok().flatten())
-            .and_then(|v| serde_json::from_slice::<RunRecord>(&v).ok())
+            .and_then(|v| RunRecord::decode(&v).ok())
             .is_some_and(|rec| {
                 matches!(rec.state, RunState::Accepted | RunState::Running)
                     && rec.bulk.is_some_and(|b| b.file == name)

@@ -60,7 +60,7 @@ impl Store {
     /// I/O or a corrupt record.
     pub fn run(&self, id: LogId) -> Result<Option<RunRecord>> {
         match self.inner.runs.get(run_key(id))? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            Some(v) => Ok(Some(RunRecord::decode(&v)?)),
             None => Ok(None),
         }
     }
@@ -89,15 +89,11 @@ impl Store {
         } else {
             (RunRecord::accepted(trigger.clone(), now), None)
         };
-        let inserted = serde_json::to_vec(&rec)
-            .map_err(StoreError::from)
-            .and_then(|v| {
-                Ok(self.inner.runs.compare_and_swap(
-                    run_key(trigger.log_id),
-                    None::<&[u8]>,
-                    Some(v),
-                )?)
-            });
+        let inserted = self
+            .inner
+            .runs
+            .compare_and_swap(run_key(trigger.log_id), None::<&[u8]>, Some(rec.encode()))
+            .map_err(StoreError::from);
         match inserted {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => {
@@ -152,10 +148,10 @@ impl Store {
         let mut err = None;
         self.inner.runs.fetch_and_update(key, |old| {
             let old = old?;
-            match serde_json::from_slice::<RunRecord>(old) {
+            match RunRecord::decode(old) {
                 Ok(mut r) => {
                     f(&mut r);
-                    serde_json::to_vec(&r).ok()
+                    Some(r.encode())
                 }
                 Err(e) => {
                     err = Some(e);
@@ -164,7 +160,7 @@ impl Store {
             }
         })?;
         match err {
-            Some(e) => Err(e.into()),
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
@@ -198,7 +194,7 @@ impl Store {
         let key = run_key(trigger.log_id);
         let now = clock::now_ms();
         let old = match self.inner.runs.get(key)? {
-            Some(v) => Some(serde_json::from_slice::<RunRecord>(&v)?),
+            Some(v) => Some(RunRecord::decode(&v)?),
             None => None,
         };
         if old
@@ -220,7 +216,7 @@ impl Store {
         };
         self.inner
             .outbox
-            .insert(seq.to_be_bytes(), serde_json::to_vec(&entry)?)?;
+            .insert(seq.to_be_bytes(), entry.encode())?;
         self.inner.outbox_len.fetch_add(1, Ordering::Relaxed);
         // Rejected before acceptance never reaches here; a missing record means the trigger
         // was recovered from an older journal. Recreate it.
@@ -239,7 +235,7 @@ impl Store {
         rec.outcome = Some(outcome.clone());
         rec.kind = Some(kind);
         rec.outbox_seq = Some(seq);
-        self.inner.runs.insert(key, serde_json::to_vec(&rec)?)?;
+        self.inner.runs.insert(key, rec.encode())?;
         self.remove_after_flush(&rec);
         if let Some(k) = &rec.idempotency_key {
             self.settle_key(k, trigger.log_id, outcome.is_success())?;
@@ -258,7 +254,7 @@ impl Store {
         for item in self.inner.runs.iter() {
             let (_, v) = item?;
             r.runs += 1;
-            let rec: RunRecord = serde_json::from_slice(&v)?;
+            let rec = RunRecord::decode(&v)?;
             match rec.state {
                 RunState::Accepted => r.queued.push(rec),
                 RunState::Running => r.interrupted.push(rec),
@@ -324,7 +320,7 @@ impl Store {
         rec.outbox_seq = Some(seq);
         self.inner
             .runs
-            .insert(run_key(rec.trigger.log_id), serde_json::to_vec(&rec)?)?;
+            .insert(run_key(rec.trigger.log_id), rec.encode())?;
         self.remove_after_flush(&rec);
         if let Some(k) = &rec.idempotency_key {
             self.settle_key(k, rec.trigger.log_id, e.callback.outcome.is_success())?;
@@ -345,7 +341,7 @@ impl Store {
         };
         for item in self.inner.runs.iter() {
             let (_, v) = item?;
-            let rec: RunRecord = serde_json::from_slice(&v)?;
+            let rec = RunRecord::decode(&v)?;
             s.runs += 1;
             match self.derived_state(&rec)? {
                 RunState::Accepted => s.accepted += 1,
@@ -365,7 +361,7 @@ impl Store {
         let mut v = Vec::new();
         for item in self.inner.runs.iter().rev().take(n) {
             let (_, val) = item?;
-            let mut rec: RunRecord = serde_json::from_slice(&val)?;
+            let mut rec = RunRecord::decode(&val)?;
             rec.state = self.derived_state(&rec)?;
             v.push(rec);
         }

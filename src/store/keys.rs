@@ -24,7 +24,7 @@ impl Store {
         let Some(v) = self.inner.keys.get(key.as_bytes())? else {
             return Ok(());
         };
-        let Ok(mut kr) = serde_json::from_slice::<KeyRecord>(&v) else {
+        let Ok(mut kr) = KeyRecord::decode(&v) else {
             return Ok(());
         };
         if kr.log_id != log_id {
@@ -32,7 +32,7 @@ impl Store {
         }
         if succeeded {
             kr.succeeded = true;
-            let nv = serde_json::to_vec(&kr)?;
+            let nv = kr.encode();
             // A key taken over meanwhile by another run stays that run's.
             let _ = self
                 .inner
@@ -58,11 +58,11 @@ impl Store {
             succeeded: false,
             expires_ms: now.saturating_add(ttl.as_millis() as i64),
         };
-        let new = serde_json::to_vec(&rec)?;
+        let new = rec.encode();
         loop {
             let cur = self.inner.keys.get(key.as_bytes())?;
             if let Some(v) = &cur {
-                if let Ok(kr) = serde_json::from_slice::<KeyRecord>(v) {
+                if let Ok(kr) = KeyRecord::decode(v) {
                     if kr.expires_ms > now {
                         if kr.succeeded {
                             return Ok(KeyCheck::Succeeded(kr.log_id));
@@ -103,7 +103,7 @@ impl Store {
     /// I/O.
     pub fn check_key_readonly(&self, key: &str) -> Result<KeyCheck> {
         if let Some(v) = self.inner.keys.get(key.as_bytes())? {
-            if let Ok(kr) = serde_json::from_slice::<KeyRecord>(&v) {
+            if let Ok(kr) = KeyRecord::decode(&v) {
                 if kr.succeeded && kr.expires_ms > clock::now_ms() {
                     return Ok(KeyCheck::Succeeded(kr.log_id));
                 }
@@ -118,7 +118,7 @@ impl Store {
     /// I/O.
     pub fn release_key(&self, key: &str, log_id: LogId) -> Result<()> {
         if let Some(v) = self.inner.keys.get(key.as_bytes())? {
-            if serde_json::from_slice::<KeyRecord>(&v).is_ok_and(|k| k.log_id == log_id) {
+            if KeyRecord::decode(&v).is_ok_and(|k| k.log_id == log_id) {
                 self.inner.keys.remove(key.as_bytes())?;
             }
         }

@@ -8,6 +8,9 @@
 //!   inodes on small flash;
 //! - `meta`: schema version.
 //!
+//! Values of `runs`, `outbox` and `keys` are in the store's own encoding (schema 2, see
+//! `records::v2`); a schema-1 store (JSON values) is migrated in place at open (`migrate`).
+//!
 //! Large trigger text (params and GLUE source over [`BULK_THRESHOLD`] bytes together) is kept out
 //! of sled, in a file per run under `store/params/`: sled keeps every version of a value in its
 //! page cache and log, so a 4 MiB trigger in a record that is written three times (accepted,
@@ -40,6 +43,7 @@ mod commit;
 mod journal;
 mod keys;
 mod logs;
+mod migrate;
 mod open;
 mod outbox;
 mod records;
@@ -67,8 +71,9 @@ pub const BULK_THRESHOLD: usize = 64 * 1024;
 /// The directory under `store/` that holds the large triggers.
 const BULK_DIR: &str = "params";
 
-/// Bump when the on-disk format changes incompatibly.
-const SCHEMA_VERSION: u64 = 1;
+/// Bump when the on-disk format changes incompatibly (and teach `migrate` the step).
+/// 1: JSON of the domain types; 2: the store's own compact records (`records::v2`).
+const SCHEMA_VERSION: u64 = 2;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -104,9 +109,12 @@ pub enum StoreError {
     /// The logId is already in the journal.
     #[error("log id {0} is already in the journal")]
     Duplicate(LogId),
-    /// A record did not decode.
-    #[error("corrupt record: {0}")]
+    /// A schema-1 (JSON) record did not decode.
+    #[error("corrupt schema-1 record: {0}")]
     Decode(#[from] serde_json::Error),
+    /// A record did not decode: truncated, an unknown tag, a bad length.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
     /// A large trigger's file could not be written, read or removed.
     #[error("params file {path}: {source}")]
     Bulk {
@@ -130,6 +138,7 @@ impl StoreError {
             Self::DiskFull { .. } => "disk_full",
             Self::Duplicate(_) => "duplicate",
             Self::Decode(_) => "decode",
+            Self::Corrupt(_) => "corrupt",
             Self::Bulk { .. } => "params_file",
             Self::Closed => "closed",
         }

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::bulk::remove_orphans;
 use super::commit::group_commit;
+use super::migrate;
 use super::{Inner, Result, Store, StoreError, BULK_DIR, LOCK_WAIT, SCHEMA_VERSION};
 use crate::config::StoreConfig;
 
@@ -83,6 +84,12 @@ impl Store {
                     .map_err(|e| unusable(e.to_string()))?;
             }
             Some(v) if v.as_ref() == SCHEMA_VERSION.to_be_bytes() => {}
+            // The previous releases' JSON records: rewritten in place, once (a migration cut
+            // short runs again, see `migrate`).
+            Some(v) if v.as_ref() == 1u64.to_be_bytes() => {
+                migrate::v1_to_v2(&db, &runs, &outbox, &keys, &meta)
+                    .map_err(|e| unusable(format!("migrating it from schema 1 to 2: {e}")))?;
+            }
             Some(v) => {
                 return Err(unusable(format!(
                     "schema version {:?} is not {SCHEMA_VERSION}, this build's",

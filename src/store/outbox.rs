@@ -21,7 +21,7 @@ impl Store {
         self.inner.outbox.iter().map(|item| {
             let (k, v) = item?;
             let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            Ok((seq, serde_json::from_slice(&v)?))
+            Ok((seq, OutboxEntry::decode(&v)?))
         })
     }
 
@@ -57,7 +57,7 @@ impl Store {
     /// When the oldest waiting callback was queued (epoch ms).
     pub fn outbox_oldest_queued_ms(&self) -> Option<i64> {
         let (_, v) = self.inner.outbox.first().ok()??;
-        let e: OutboxEntry = serde_json::from_slice(&v).ok()?;
+        let e = OutboxEntry::decode(&v).ok()?;
         Some(e.queued_ms)
     }
 }

@@ -59,7 +59,7 @@ impl Store {
         let mut budget_removed = 0u64;
         for item in self.inner.runs.iter() {
             let (k, v) = item?;
-            let rec: RunRecord = serde_json::from_slice(&v)?;
+            let rec = RunRecord::decode(&v)?;
             if self.derived_state(&rec)? != RunState::Reported {
                 continue;
             }
@@ -81,7 +81,7 @@ impl Store {
         }
         for item in self.inner.keys.iter() {
             let (k, v) = item?;
-            if serde_json::from_slice::<KeyRecord>(&v).map_or(true, |kr| kr.expires_ms <= now) {
+            if KeyRecord::decode(&v).map_or(true, |kr| kr.expires_ms <= now) {
                 self.inner.keys.remove(k)?;
             }
         }

@@ -91,7 +91,7 @@ async fn a_crash_inside_finish_is_repaired_at_recovery() {
             };
             s.inner
                 .outbox
-                .insert(seq.to_be_bytes(), serde_json::to_vec(&e).unwrap())
+                .insert(seq.to_be_bytes(), e.encode())
                 .unwrap();
         }
         s.durable().await.unwrap();
@@ -397,4 +397,521 @@ async fn concurrent_durable_calls_share_flushes() {
         r.unwrap();
     }
     assert_eq!(s.recover().unwrap().queued.len(), 64);
+}
+
+// Schema 2 and the migration from schema 1.
+
+use super::records::{is_v1, v1, v2, Bulk, KeyRecord, OutboxEntry, RunRecord};
+use crate::job::{BlockStrategy, GlueKind, JobId};
+
+/// What the admin sends for its sample job: `demoJobHandler`, empty params, no timeout.
+fn demo_trigger() -> Trigger {
+    Trigger {
+        job_id: JobId(1),
+        log_id: LogId(1_234_567),
+        log_date_time: 1_717_171_717_000,
+        handler: "demoJobHandler".into(),
+        params: Some(String::new()),
+        block: BlockStrategy::Serial,
+        timeout: None,
+        glue: Glue::Bean,
+        shard_index: 0,
+        shard_total: 1,
+    }
+}
+
+/// Every field set, odd values included, so a round trip covers every branch of the codec.
+fn full_record() -> RunRecord {
+    RunRecord {
+        trigger: Trigger {
+            job_id: JobId(i32::MIN),
+            log_id: LogId(i64::MIN),
+            log_date_time: -1,
+            handler: "h\u{e9}".into(),
+            params: Some("p".into()),
+            block: BlockStrategy::CoverEarly,
+            timeout: Some(Duration::new(u64::MAX, 999_999_999)),
+            glue: Glue::Script {
+                kind: GlueKind::PowerShell,
+                source: "Write-Host \u{4f60}\u{597d}".into(),
+                updated: i64::MAX,
+            },
+            shard_index: i32::MAX,
+            shard_total: -1,
+        },
+        state: RunState::Finished,
+        accepted_ms: i64::MAX,
+        started_ms: Some(i64::MIN),
+        finished_ms: Some(0),
+        outcome: Some(Outcome::code(-7, Some("m".into()))),
+        kind: Some(OutcomeKind::Duplicate),
+        idempotency_key: Some("k".into()),
+        outbox_seq: Some(u64::MAX),
+        bulk: Some(Bulk {
+            file: "1.2".into(),
+            bytes: 70_000,
+        }),
+    }
+}
+
+/// The three records of a typical run, as the journal writes them.
+fn demo_records() -> [RunRecord; 3] {
+    let accepted = RunRecord::accepted(demo_trigger(), 1_795_897_761_150);
+    let mut running = accepted.clone();
+    running.state = RunState::Running;
+    running.started_ms = Some(accepted.accepted_ms + 3);
+    let mut finished = running.clone();
+    finished.state = RunState::Finished;
+    finished.finished_ms = Some(accepted.accepted_ms + 40);
+    finished.outcome = Some(Outcome::success());
+    finished.kind = Some(OutcomeKind::Success);
+    finished.outbox_seq = Some(81_234);
+    [accepted, running, finished]
+}
+
+fn demo_entry() -> OutboxEntry {
+    OutboxEntry {
+        callback: Callback {
+            log_id: LogId(1_234_567),
+            log_date_time: 1_717_171_717_000,
+            outcome: Outcome::success(),
+        },
+        queued_ms: 1_795_897_761_190,
+        trace: None,
+        kind: Some(OutcomeKind::Success),
+    }
+}
+
+/// Schema 1's JSON of a record, built as the previous release's serde derives wrote it (the
+/// domain types still serialize the same way; `v1` must read it).
+fn v1_json(r: &RunRecord) -> Vec<u8> {
+    let mut v = serde_json::json!({
+        "trigger": r.trigger, "state": r.state, "accepted_ms": r.accepted_ms,
+        "started_ms": r.started_ms, "finished_ms": r.finished_ms, "outcome": r.outcome,
+        "kind": r.kind, "idempotency_key": r.idempotency_key, "outbox_seq": r.outbox_seq,
+    });
+    if let Some(b) = &r.bulk {
+        v["bulk"] = serde_json::json!({"file": b.file, "bytes": b.bytes});
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn v1_entry_json(e: &OutboxEntry) -> Vec<u8> {
+    let mut v = serde_json::json!({"callback": e.callback, "queued_ms": e.queued_ms});
+    if let Some(t) = &e.trace {
+        v["trace"] = serde_json::json!(t);
+    }
+    if let Some(k) = e.kind {
+        v["kind"] = serde_json::json!(k);
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[test]
+fn v2_records_round_trip_and_are_small() {
+    for r in demo_records().into_iter().chain([full_record()]) {
+        let b = r.encode();
+        assert_eq!(b[0], v2::FORMAT);
+        assert!(!is_v1(&b));
+        assert_eq!(RunRecord::decode(&b).unwrap(), r);
+    }
+    let mut absent = full_record();
+    absent.trigger.params = None;
+    absent.trigger.timeout = None;
+    absent.trigger.glue = Glue::Bean;
+    absent.outcome = Some(Outcome::code(200, None));
+    assert_eq!(RunRecord::decode(&absent.encode()).unwrap(), absent);
+    for e in [
+        demo_entry(),
+        OutboxEntry {
+            trace: Some("0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331".into()),
+            kind: None,
+            callback: Callback {
+                log_id: LogId(-1),
+                log_date_time: 0,
+                outcome: Outcome::fail("boom"),
+            },
+            ..demo_entry()
+        },
+    ] {
+        assert_eq!(OutboxEntry::decode(&e.encode()).unwrap(), e);
+    }
+    let k = KeyRecord {
+        log_id: LogId(7),
+        succeeded: true,
+        expires_ms: i64::MIN,
+    };
+    assert_eq!(KeyRecord::decode(&k.encode()).unwrap(), k);
+    let t = full_record().trigger;
+    let mut file = Vec::new();
+    v2::put_bulk_trigger(&mut file, &t);
+    assert_eq!(super::records::decode_bulk_trigger(&file).unwrap(), t);
+
+    // The sizes the commit message quotes (schema 1's JSON against schema 2).
+    let [accepted, running, finished] = demo_records();
+    let mut sizes = Vec::new();
+    for (name, r) in [
+        ("accepted", &accepted),
+        ("running", &running),
+        ("finished", &finished),
+    ] {
+        let (json, v2) = (v1_json(r).len(), r.encode().len());
+        assert!(v2 <= 60, "{name}: {v2} bytes");
+        assert!(v2 * 5 < json, "{name}: {v2} bytes against {json}");
+        sizes.push(format!("{name} {json} -> {v2}"));
+    }
+    let e = demo_entry();
+    let (json, v2) = (v1_entry_json(&e).len(), e.encode().len());
+    assert!(v2 <= 24, "outbox entry: {v2} bytes");
+    sizes.push(format!("outbox entry {json} -> {v2}"));
+    println!(
+        "record sizes, schema 1 JSON -> schema 2: {}",
+        sizes.join(", ")
+    );
+}
+
+#[test]
+fn damaged_values_are_errors_never_panics() {
+    let mut values = vec![
+        full_record().encode(),
+        demo_records()[2].encode(),
+        demo_entry().encode(),
+        KeyRecord {
+            log_id: LogId(7),
+            succeeded: true,
+            expires_ms: 1,
+        }
+        .encode(),
+    ];
+    let mut file = vec![];
+    v2::put_bulk_trigger(&mut file, &full_record().trigger);
+    values.push(file);
+    let decode_all = |b: &[u8]| {
+        let _ = RunRecord::decode(b);
+        let _ = OutboxEntry::decode(b);
+        let _ = KeyRecord::decode(b);
+        let _ = super::records::decode_bulk_trigger(b);
+    };
+    // Every truncation of a valid value is refused with a store error.
+    for v in &values {
+        for len in 0..v.len() {
+            let cut = &v[..len];
+            assert!(RunRecord::decode(cut).is_err() || len == v.len());
+            decode_all(cut);
+        }
+    }
+    for cut in 0..values[0].len() {
+        assert!(matches!(
+            RunRecord::decode(&values[0][..cut]),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+    // A trailing byte, an unknown state, an unknown flag, a huge string length, a bad format.
+    let mut long = values[1].clone();
+    long.push(0);
+    assert!(RunRecord::decode(&long).is_err());
+    let mut bad_state = values[1].clone();
+    bad_state[2] = 9;
+    assert!(RunRecord::decode(&bad_state).is_err());
+    let mut bad_flag = values[1].clone();
+    bad_flag[1] |= 0x7f;
+    bad_flag.splice(2..2, [0x7f]);
+    assert!(RunRecord::decode(&bad_flag).is_err());
+    let huge = [
+        v2::FORMAT,
+        0,
+        0,
+        0,
+        2,
+        2,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0x7f,
+    ];
+    assert!(RunRecord::decode(&huge).is_err());
+    let overflow = [
+        v2::FORMAT,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0x7f,
+    ];
+    assert!(KeyRecord::decode(&overflow).is_err());
+    assert!(RunRecord::decode(b"{\"trigger\":1}").is_err());
+    assert!(RunRecord::decode(&[0x03]).is_err());
+    // Random bytes and single-byte flips of valid values: bounded, deterministic.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..20_000 {
+        let len = (next() % 80) as usize;
+        let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if let Some(f) = b.first_mut() {
+            if next() % 2 == 0 {
+                *f = v2::FORMAT;
+            }
+        }
+        decode_all(&b);
+    }
+    for v in &values {
+        for i in 0..v.len() {
+            for bit in 0..8 {
+                let mut b = v.clone();
+                b[i] ^= 1 << bit;
+                decode_all(&b);
+            }
+        }
+    }
+}
+
+/// The exact JSON the previous release wrote (copied from the fixture's generator output),
+/// read by the frozen schema-1 structs into today's types.
+#[test]
+fn v1_json_as_written_by_schema_1_decodes() {
+    let glue = br#"{"trigger":{"job_id":2,"log_id":102,"log_date_time":1717171717000,"handler":"","params":null,"block":"Serial","timeout":null,"glue":{"Script":{"kind":"Shell","source":"echo \"glue from schema 1\"\n","updated":1541254891000}},"shard_index":0,"shard_total":1},"state":"Accepted","accepted_ms":1795897761150,"started_ms":null,"finished_ms":null,"outcome":null,"kind":null,"idempotency_key":null,"outbox_seq":null}"#;
+    let r = v1::run_record(glue).unwrap();
+    assert_eq!(r.state, RunState::Accepted);
+    assert_eq!(
+        r.trigger.glue,
+        Glue::Script {
+            kind: GlueKind::Shell,
+            source: "echo \"glue from schema 1\"\n".into(),
+            updated: 1_541_254_891_000
+        }
+    );
+    assert!(r.bulk.is_none());
+    let timed = br#"{"trigger":{"job_id":1,"log_id":101,"log_date_time":1717171717000,"handler":"demoJobHandler","params":"queued one","block":"DiscardLater","timeout":{"secs":30,"nanos":0},"glue":"Bean","shard_index":0,"shard_total":1},"state":"Accepted","accepted_ms":1795897761150,"started_ms":null,"finished_ms":null,"outcome":null,"kind":null,"idempotency_key":null,"outbox_seq":null}"#;
+    let r = v1::run_record(timed).unwrap();
+    assert_eq!(r.trigger.timeout, Some(Duration::from_secs(30)));
+    assert_eq!(r.trigger.block, BlockStrategy::DiscardLater);
+    assert_eq!(r.trigger.params.as_deref(), Some("queued one"));
+    let keyed = br#"{"trigger":{"job_id":6,"log_id":108,"log_date_time":1717171717000,"handler":"keyedJobHandler","params":"42","block":"Serial","timeout":null,"glue":"Bean","shard_index":0,"shard_total":1},"state":"Reported","accepted_ms":1795897761151,"started_ms":1795897761160,"finished_ms":1795897761160,"outcome":{"code":200,"msg":null},"kind":"Success","idempotency_key":"order-42","outbox_seq":4}"#;
+    let r = v1::run_record(keyed).unwrap();
+    assert_eq!(r.idempotency_key.as_deref(), Some("order-42"));
+    assert_eq!(r.outbox_seq, Some(4));
+    assert_eq!(r.kind, Some(OutcomeKind::Success));
+    assert_eq!(r.started_ms, Some(1_795_897_761_160));
+    let large = br#"{"trigger":{"job_id":7,"log_id":110,"log_date_time":1717171717000,"handler":"lenJobHandler","params":null,"block":"Serial","timeout":null,"glue":"Bean","shard_index":0,"shard_total":1},"state":"Accepted","accepted_ms":1795897761162,"started_ms":null,"finished_ms":null,"outcome":null,"kind":null,"idempotency_key":null,"outbox_seq":null,"bulk":{"file":"110.5","bytes":70000}}"#;
+    let r = v1::run_record(large).unwrap();
+    assert_eq!(
+        r.bulk,
+        Some(Bulk {
+            file: "110.5".into(),
+            bytes: 70_000
+        })
+    );
+    // Records of releases before `idempotency_key` and `outbox_seq` existed.
+    let oldest = br#"{"trigger":{"job_id":3,"log_id":103,"log_date_time":1,"handler":"h","params":null,"block":"Serial","timeout":null,"glue":"Bean","shard_index":0,"shard_total":1},"state":"Running","accepted_ms":1,"started_ms":2,"finished_ms":null,"outcome":null,"kind":null}"#;
+    assert_eq!(v1::run_record(oldest).unwrap().state, RunState::Running);
+    let e = v1::outbox_entry(br#"{"callback":{"log_id":104,"log_date_time":1717171717000,"outcome":{"code":200,"msg":null}},"queued_ms":1795897761151,"trace":"0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331","kind":"Success"}"#).unwrap();
+    assert_eq!(e.callback.log_id, LogId(104));
+    assert_eq!(e.kind, Some(OutcomeKind::Success));
+    assert!(e.trace.is_some());
+    let e = v1::outbox_entry(br#"{"callback":{"log_id":105,"log_date_time":1717171717000,"outcome":{"code":500,"msg":"boom from schema 1"}},"queued_ms":1795897761151}"#).unwrap();
+    assert_eq!(e.callback.outcome, Outcome::fail("boom from schema 1"));
+    assert_eq!((e.trace, e.kind), (None, None));
+    let k =
+        v1::key_record(br#"{"log_id":108,"succeeded":true,"expires_ms":2111257761160}"#).unwrap();
+    assert_eq!((k.log_id, k.succeeded), (LogId(108), true));
+    // The domain types' serde still writes what schema 1 wrote: the test helpers rely on it.
+    for r in demo_records().into_iter().chain([full_record()]) {
+        if r.trigger.timeout.is_some_and(|d| d.as_secs() == u64::MAX) {
+            continue;
+        }
+        assert_eq!(v1::run_record(&v1_json(&r)).unwrap(), r);
+    }
+    assert!(v1::run_record(b"{\"trigger\":{}}").is_err());
+}
+
+fn raw_tree(s: &Store, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let t = match name {
+        "runs" => &s.inner.runs,
+        "outbox" => &s.inner.outbox,
+        _ => &s.inner.keys,
+    };
+    t.iter()
+        .map(|i| {
+            let (k, v) = i.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
+fn schema_of(s: &Store) -> Vec<u8> {
+    s.inner
+        .db
+        .open_tree("meta")
+        .unwrap()
+        .get("schema")
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+/// A migration cut short by a crash: some values already schema 2, the rest JSON, the schema
+/// still 1. The next open finishes it and every record reads back as it was.
+#[tokio::test]
+async fn a_half_migrated_store_migrates_again_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_secs(3600);
+    let (before_runs, before_outbox);
+    {
+        let s = Store::open(dir.path(), cfg()).unwrap();
+        assert_eq!(schema_of(&s), 2u64.to_be_bytes());
+        for id in 1..=6 {
+            s.insert_accepted(&trig(id)).unwrap();
+        }
+        s.mark_running(LogId(2), None).unwrap();
+        for id in 3..=5 {
+            s.mark_running(LogId(id), None).unwrap();
+            s.finish(&trig(id), &Outcome::fail("f"), OutcomeKind::Failed, None)
+                .unwrap();
+        }
+        assert_eq!(s.check_key("k", LogId(6), ttl).unwrap(), KeyCheck::Fresh);
+        s.mark_running(LogId(6), Some("k".into())).unwrap();
+        s.finish(&trig(6), &Outcome::success(), OutcomeKind::Success, None)
+            .unwrap();
+        s.append_log(LogId(3), 1, "kept").unwrap();
+        before_runs = (1..=6)
+            .map(|id| s.run(LogId(id)).unwrap().unwrap())
+            .collect::<Vec<_>>();
+        before_outbox = s.outbox_batch(50).unwrap();
+        // Back to schema 1 for every other value of each tree, as a crash mid-migration leaves it.
+        for (i, r) in before_runs.iter().enumerate() {
+            if i % 2 == 0 {
+                s.inner
+                    .runs
+                    .insert(run_key(r.trigger.log_id), v1_json(r))
+                    .unwrap();
+            }
+        }
+        let (seq, e) = &before_outbox[0];
+        s.inner
+            .outbox
+            .insert(seq.to_be_bytes(), v1_entry_json(e))
+            .unwrap();
+        s.inner
+            .keys
+            .insert(
+                "k",
+                format!(
+                    r#"{{"log_id":6,"succeeded":true,"expires_ms":{}}}"#,
+                    crate::clock::now_ms() + 3_600_000
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        s.inner
+            .db
+            .open_tree("meta")
+            .unwrap()
+            .insert("schema", &1u64.to_be_bytes())
+            .unwrap();
+        assert!(raw_tree(&s, "runs").iter().any(|(_, v)| is_v1(v)));
+        assert!(raw_tree(&s, "runs").iter().any(|(_, v)| !is_v1(v)));
+        s.durable().await.unwrap();
+    }
+    let s = Store::open(dir.path(), cfg()).unwrap();
+    assert_eq!(schema_of(&s), 2u64.to_be_bytes());
+    for t in ["runs", "outbox", "keys"] {
+        for (_, v) in raw_tree(&s, t) {
+            assert_eq!(v[0], v2::FORMAT, "{t}");
+        }
+    }
+    let after: Vec<_> = (1..=6)
+        .map(|id| s.run(LogId(id)).unwrap().unwrap())
+        .collect();
+    assert_eq!(after, before_runs);
+    assert_eq!(s.outbox_batch(50).unwrap(), before_outbox);
+    assert_eq!(
+        s.check_key("k", LogId(7), ttl).unwrap(),
+        KeyCheck::Succeeded(LogId(6))
+    );
+    let r = s.recover().unwrap();
+    assert_eq!(r.queued.len(), 1);
+    assert_eq!(r.interrupted.len(), 1);
+    assert_eq!(
+        s.read_log(LogId(3), 1, 10, 1 << 20).unwrap().unwrap().lines,
+        ["kept"]
+    );
+    drop(s);
+    // A second open finds nothing to do.
+    let s = Store::open(dir.path(), cfg()).unwrap();
+    assert_eq!(s.run(LogId(1)).unwrap().unwrap(), before_runs[0]);
+}
+
+/// A value that does not decode stops the migration: the store is refused, not half-read.
+#[tokio::test]
+async fn a_schema_1_value_that_does_not_decode_makes_the_store_unusable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), cfg()).unwrap();
+        s.inner
+            .runs
+            .insert(run_key(LogId(1)), &b"{\"trigger\":"[..])
+            .unwrap();
+        s.inner
+            .db
+            .open_tree("meta")
+            .unwrap()
+            .insert("schema", &1u64.to_be_bytes())
+            .unwrap();
+        s.durable().await.unwrap();
+    }
+    let e = Store::open(dir.path(), cfg()).unwrap_err();
+    assert!(matches!(e, StoreError::Unusable { .. }), "{e}");
+    assert!(e.to_string().contains("schema 1 to 2"), "{e}");
+}
+
+/// A newer release's store is refused as before, schema 2 is not downgraded.
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), cfg()).unwrap();
+        s.inner
+            .db
+            .open_tree("meta")
+            .unwrap()
+            .insert("schema", &3u64.to_be_bytes())
+            .unwrap();
+        s.durable().await.unwrap();
+    }
+    let e = Store::open(dir.path(), cfg()).unwrap_err();
+    assert!(matches!(e, StoreError::Unusable { .. }), "{e}");
+}
+
+/// Large-trigger files written by schema 1 (JSON) are still read after the upgrade.
+#[tokio::test]
+async fn a_schema_1_params_file_is_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = big(5, BULK_THRESHOLD + 1);
+    {
+        let s = Store::open(dir.path(), cfg()).unwrap();
+        s.insert_accepted(&t).unwrap();
+        s.durable().await.unwrap();
+        let files = bulk_files(dir.path());
+        let path = dir.path().join("store").join(BULK_DIR).join(&files[0]);
+        assert_eq!(std::fs::read(&path).unwrap()[0], v2::FORMAT);
+        std::fs::write(&path, serde_json::to_vec(&t).unwrap()).unwrap();
+    }
+    let s = Store::open(dir.path(), cfg()).unwrap();
+    let r = s.recover().unwrap();
+    assert!(r.lost.is_empty(), "{:?}", r.lost);
+    assert_eq!(r.queued[0].trigger, t);
 }

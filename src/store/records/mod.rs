@@ -1,13 +1,24 @@
 //! The on-disk records of the store and the layout of its keys.
-
-use serde::{Deserialize, Serialize};
+//!
+//! The Rust shapes below are what the rest of the store works with; their bytes on disk are
+//! schema 2 ([`v2`]), written by hand so that the domain types' serde never reaches the disk.
+//! [`v1`] reads what earlier releases wrote, for the migration at open and for old
+//! large-trigger files.
 
 use super::bulk::{bulk_bytes, stripped};
-use super::BULK_THRESHOLD;
+use super::{Result, StoreError, BULK_THRESHOLD};
 use crate::job::{Callback, LogId, Outcome, OutcomeKind, RunState, Trigger};
 
+pub(super) mod v1;
+pub(super) mod v2;
+
+/// True for a schema-1 value: JSON, which always opens with `{` (schema 2 never does).
+pub(super) fn is_v1(v: &[u8]) -> bool {
+    v.first() == Some(&b'{')
+}
+
 /// One run in the journal.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRecord {
     /// What was asked for.
     pub trigger: Trigger,
@@ -24,20 +35,17 @@ pub struct RunRecord {
     /// Why it ended, once finished.
     pub kind: Option<OutcomeKind>,
     /// The idempotency key it holds, if any.
-    #[serde(default)]
     pub idempotency_key: Option<String>,
     /// The outbox sequence of its callback once finished: while that entry exists the run is
     /// not yet reported.
-    #[serde(default)]
     pub outbox_seq: Option<u64>,
     /// Set when the trigger's params and GLUE source were too large for the journal: `trigger`
     /// then holds neither, and until the run ends its whole trigger is in this file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bulk: Option<Bulk>,
 }
 
 /// Where a large trigger is kept while its run is unfinished.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bulk {
     /// File name under `store/params/`: `{logId}.{nonce}`, the nonce unique per write, so two
     /// racing `/run`s of one logId never share a file and the loser removes only its own.
@@ -73,22 +81,20 @@ impl RunRecord {
 }
 
 /// A callback waiting for the admin's acknowledgement.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {
     /// What to send.
     pub callback: Callback,
     /// When it was queued (epoch ms), for the backlog age.
     pub queued_ms: i64,
     /// `traceid-spanid` of the run's span, so the callback span can link to it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
     /// Why the run ended, so a run record lost in a crash can be rebuilt from the entry.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<OutcomeKind>,
 }
 
 /// An idempotency key's record.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {
     /// The run that holds the key.
     pub log_id: LogId,
@@ -96,6 +102,64 @@ pub struct KeyRecord {
     pub succeeded: bool,
     /// Epoch ms after which the key is forgotten.
     pub expires_ms: i64,
+}
+
+impl RunRecord {
+    /// The schema-2 bytes.
+    pub(super) fn encode(&self) -> Vec<u8> {
+        v2::run_record(self)
+    }
+
+    /// Reads a schema-2 value.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] for anything else.
+    pub(super) fn decode(v: &[u8]) -> Result<Self> {
+        v2::run_record_of(v).map_err(StoreError::Corrupt)
+    }
+}
+
+impl OutboxEntry {
+    /// The schema-2 bytes.
+    pub(super) fn encode(&self) -> Vec<u8> {
+        v2::outbox_entry(self)
+    }
+
+    /// Reads a schema-2 value.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] for anything else.
+    pub(super) fn decode(v: &[u8]) -> Result<Self> {
+        v2::outbox_entry_of(v).map_err(StoreError::Corrupt)
+    }
+}
+
+impl KeyRecord {
+    /// The schema-2 bytes.
+    pub(super) fn encode(&self) -> Vec<u8> {
+        v2::key_record(self)
+    }
+
+    /// Reads a schema-2 value.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] for anything else.
+    pub(super) fn decode(v: &[u8]) -> Result<Self> {
+        v2::key_record_of(v).map_err(StoreError::Corrupt)
+    }
+}
+
+/// Reads a large trigger's file, in either schema: files written before the upgrade stay as
+/// they were until their run ends.
+///
+/// # Errors
+/// [`StoreError::Decode`] or [`StoreError::Corrupt`].
+pub(super) fn decode_bulk_trigger(v: &[u8]) -> Result<Trigger> {
+    if is_v1(v) {
+        Ok(v1::bulk_trigger(v)?)
+    } else {
+        v2::bulk_trigger(v).map_err(StoreError::Corrupt)
+    }
 }
 
 pub(super) fn run_key(id: LogId) -> [u8; 8] {
