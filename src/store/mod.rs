@@ -6,7 +6,7 @@
 //! - `keys`: idempotency key → [`KeyRecord`];
 //! - `logs`: (logId, line) → text: one tree instead of a file per run, which would exhaust
 //!   inodes on small flash;
-//! - `meta`: schema version.
+//! - `meta`: schema version, store id and pruned watermark (see [`anchor`]).
 //!
 //! Large trigger text (params and GLUE source over [`BULK_THRESHOLD`] bytes together) is kept out
 //! of sled, in a file per run under `store/params/`: sled keeps every version of a value in its
@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::StoreConfig;
 use crate::job::LogId;
 
+mod anchor;
 mod bulk;
 mod commit;
 mod journal;
@@ -47,6 +48,7 @@ mod retention;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use anchor::{copy_store, ScratchDir};
 pub(crate) use bulk::bulk_bytes;
 pub use journal::Recovery;
 pub use keys::KeyCheck;
@@ -165,6 +167,8 @@ struct Inner {
     /// write made when `flushes_begun` was `n` is on disk once `flushes_done > n`.
     flushes_begun: AtomicU64,
     flushes_done: AtomicU64,
+    /// The integrity anchor and the pruned watermark.
+    integrity: anchor::Integrity,
 }
 
 /// Called with the duration of every group-commit flush (the executor feeds a histogram).
