@@ -364,7 +364,7 @@ impl Executor {
         let dir = self.config.executor.data_dir.clone();
         tokio::task::spawn_blocking(move || {
             let _ = Snapshot::take(&store, &runner, store.size_on_disk()).write(&dir);
-            store.flush_now()
+            store.flush_now().and_then(|()| store.seal_anchor())
         })
         .await
         .map_err(|e| Error::Io(std::io::Error::other(e)))??;
@@ -454,6 +454,14 @@ async fn maintain(
                 Err(e) => internal_error!(metrics, Op::TaskPanic, e, "The pruning task failed."),
             }
             last_prune = Some(Instant::now());
+        }
+        if let Err(e) = store.keep_anchor().await {
+            internal_error!(
+                metrics,
+                Op::Snapshot,
+                e,
+                "Cannot write the store's integrity anchor."
+            );
         }
         // Written only when it changed: an idle executor writes nothing (flash wear).
         let snap = Snapshot::take(&store, &runner, size);

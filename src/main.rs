@@ -384,7 +384,7 @@ fn state(a: StateArgs) -> ExitCode {
             print_state(&s);
             ExitCode::SUCCESS
         }
-        Err(e @ (StateError::NoStore(_) | StateError::Snapshot(_))) => {
+        Err(e @ (StateError::NoStore(_) | StateError::Snapshot(_) | StateError::Copy(_))) => {
             eprintln!("xxl-edge: {e}");
             ExitCode::FAILURE
         }

@@ -1,12 +1,16 @@
-//! What `xxl-edge state` shows: read from the store when the executor is stopped, from the
-//! snapshot the running executor writes when it holds the store's lock.
+//! What `xxl-edge state` shows: read from a private copy of the store when the executor is
+//! stopped, from the snapshot the running executor writes when it holds the store's lock.
+//!
+//! Inspection never writes to the data directory: sled writes to the files it opens (its crash
+//! recovery rewrites `db`, makes a snapshot file, and on a damaged store zeroes what follows the
+//! damage), so the store is copied to a private temporary directory and opened there.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Config;
 use crate::executor::SNAPSHOT_FILE;
-use crate::store::{Store, StoreError};
+use crate::store::{copy_store, ScratchDir, Store, StoreError};
 
 /// Why the state could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +25,10 @@ pub enum StateError {
     /// The executor runs and its snapshot cannot be read.
     #[error("the store is in use and no snapshot is readable: {0}")]
     Snapshot(std::io::Error),
+    /// The private copy to read from could not be made (temp dir full or not writable: set
+    /// TMPDIR to a directory with room for the store).
+    #[error("cannot copy the store to a private temporary directory to read it (set TMPDIR to a directory with room for it): {0}")]
+    Copy(std::io::Error),
 }
 
 /// One run as `state` lists it.
@@ -82,7 +90,9 @@ pub enum State {
 }
 
 /// Reads the state of `data_dir`, with at most `recent` runs listed. Never waits for the
-/// store's lock: a held lock means the executor runs, and its snapshot is read instead.
+/// store's lock: a held lock means the executor runs, and its snapshot is read instead. Never
+/// writes to `data_dir`: a stopped executor's store is read from a private copy (see the
+/// module's doc), checked against its integrity anchor like `serve` does.
 ///
 /// Must be called inside a tokio runtime (the store's group commit needs one).
 ///
@@ -92,7 +102,15 @@ pub fn read(data_dir: &Path, recent: usize) -> Result<State, StateError> {
     if !data_dir.join("store").exists() {
         return Err(StateError::NoStore(data_dir.to_path_buf()));
     }
-    match Store::open_waiting(data_dir, Config::defaults().store, Duration::ZERO) {
+    let scratch = ScratchDir::new().map_err(StateError::Copy)?;
+    let copied = copy_store(data_dir, scratch.path()).map_err(StateError::Copy)?;
+    let opened = match copied {
+        Some(()) => Store::open_copy(scratch.path(), Config::defaults().store),
+        None => Err(StoreError::Locked {
+            path: data_dir.join("store").display().to_string(),
+        }),
+    };
+    match opened {
         Ok(store) => {
             let s = store.stats()?;
             let counts = Counts {

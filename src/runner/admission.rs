@@ -35,6 +35,16 @@ impl Refusal {
     }
 }
 
+/// True when retention already removed this trigger's run from the journal: its logId and its
+/// `logDateTime` are both at or below the pruned watermark (the largest of each among pruned
+/// runs). Admins allocate logIds from a growing database sequence, so an old logId sent again
+/// comes with its old trigger time and is refused like any repeat; an admin whose database was
+/// rebuilt counts logIds from 1 again, but with the current time, above the watermark's, and its
+/// triggers run.
+pub(crate) fn pruned_repeat(watermark: Option<(LogId, i64)>, t: &Trigger) -> bool {
+    watermark.is_some_and(|(id, time)| t.log_id <= id && t.log_date_time <= time)
+}
+
 /// The state of the trigger's job as admission sees it; `None` when the job has no worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct JobView {
@@ -245,6 +255,21 @@ mod tests {
             Refusal::repeat(LogId(70)).msg,
             "repeat trigger job, logId:70"
         );
+    }
+
+    #[test]
+    fn a_pruned_log_id_is_a_repeat_unless_its_trigger_time_is_newer() {
+        let mut t = trigger(Serial, false);
+        t.log_date_time = 1_000;
+        // No watermark yet: nothing was pruned.
+        assert!(!pruned_repeat(None, &t));
+        // At or below both marks: an old trigger sent again.
+        assert!(pruned_repeat(Some((LogId(70), 1_000)), &t));
+        assert!(pruned_repeat(Some((LogId(100), 5_000)), &t));
+        // A logId above the mark is new.
+        assert!(!pruned_repeat(Some((LogId(69), 5_000)), &t));
+        // A rebuilt admin counts from 1 again, with the current time: it runs.
+        assert!(!pruned_repeat(Some((LogId(100), 999)), &t));
     }
 
     #[test]

@@ -258,6 +258,10 @@ impl Runner {
         if inner.store.has_run(t.log_id).map_err(store_refusal)? {
             return Err(Refusal::repeat(t.log_id));
         }
+        // Pruned from the journal, it must still not run twice.
+        if admission::pruned_repeat(inner.store.pruned_watermark(), &t) {
+            return Err(Refusal::repeat(t.log_id));
+        }
         if let Some(r) = self.duplicate_key(&t, &resolved).await? {
             return Ok(r);
         }

@@ -6,7 +6,7 @@
 //! - `keys`: idempotency key → [`KeyRecord`];
 //! - `logs`: (logId, line) → text: one tree instead of a file per run, which would exhaust
 //!   inodes on small flash;
-//! - `meta`: schema version.
+//! - `meta`: schema version, store id and pruned watermark (see [`anchor`]).
 //!
 //! Values of `runs`, `outbox` and `keys` are in the store's own encoding (schema 2, see
 //! `records::v2`); a schema-1 store (JSON values) is migrated in place at open (`migrate`).
@@ -38,6 +38,7 @@ use tokio::sync::mpsc;
 use crate::config::StoreConfig;
 use crate::job::LogId;
 
+mod anchor;
 mod bulk;
 mod commit;
 mod journal;
@@ -51,6 +52,7 @@ mod retention;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use anchor::{copy_store, ScratchDir};
 pub(crate) use bulk::bulk_bytes;
 pub use journal::Recovery;
 pub use keys::KeyCheck;
@@ -178,6 +180,8 @@ struct Inner {
     /// write made when `flushes_begun` was `n` is on disk once `flushes_done > n`.
     flushes_begun: AtomicU64,
     flushes_done: AtomicU64,
+    /// The integrity anchor and the pruned watermark.
+    integrity: anchor::Integrity,
 }
 
 /// Called with the duration of every group-commit flush (the executor feeds a histogram).

@@ -43,6 +43,24 @@ impl Store {
     /// directory); [`StoreError::Unusable`] when the database is corrupt or of an unknown
     /// schema: the executor must not silently start empty.
     pub fn open_waiting(data_dir: &Path, cfg: StoreConfig, lock_wait: Duration) -> Result<Self> {
+        Self::open_with(data_dir, cfg, lock_wait, true)
+    }
+
+    /// Opens a private copy of a store that [`super::copy_store`] made under `data_dir`, for
+    /// inspection: the integrity anchor is checked on it directly (no second copy).
+    ///
+    /// # Errors
+    /// As [`Store::open_waiting`].
+    pub(crate) fn open_copy(data_dir: &Path, cfg: StoreConfig) -> Result<Self> {
+        Self::open_with(data_dir, cfg, Duration::ZERO, false)
+    }
+
+    fn open_with(
+        data_dir: &Path,
+        cfg: StoreConfig,
+        lock_wait: Duration,
+        check_copy: bool,
+    ) -> Result<Self> {
         let dir = data_dir.join("store");
         let unusable = |reason: String| StoreError::Unusable {
             path: dir.display().to_string(),
@@ -51,6 +69,10 @@ impl Store {
         // Job parameters, logs and outcomes: readable by the executor's user only.
         crate::private_file::create_dir(&dir)
             .map_err(|e| unusable(format!("cannot create it: {e}")))?;
+        // Before sled writes anything: a damaged store is refused with its files untouched
+        // when that can be known in advance (see `anchor`).
+        let anchor = super::anchor::before_open(data_dir, &dir, cfg.cache_bytes, check_copy)
+            .map_err(&unusable)?;
         let deadline = std::time::Instant::now() + lock_wait;
         let db = loop {
             let opened = sled::Config::new()
@@ -78,6 +100,8 @@ impl Store {
         let keys = open("keys")?;
         let logs = open("logs")?;
         let meta = open("meta")?;
+        let integrity =
+            super::anchor::after_open(&dir, &db, meta.clone(), &runs, anchor).map_err(&unusable)?;
         match meta.get("schema").map_err(|e| unusable(e.to_string()))? {
             None => {
                 meta.insert("schema", &SCHEMA_VERSION.to_be_bytes())
@@ -122,6 +146,7 @@ impl Store {
             outcomes_epoch: AtomicU64::new(0),
             outcomes_writing: AtomicU64::new(0),
             flushes_done: AtomicU64::new(0),
+            integrity,
         });
         // A weak handle: dropping the last `Store` closes the database (and its file lock).
         let weak = Arc::downgrade(&inner);

@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::records::{run_id, KeyRecord, RunRecord};
 use super::{Result, Store, StoreError};
 use crate::clock;
-use crate::job::RunState;
+use crate::job::{LogId, RunState};
 
 impl Store {
     /// Refuses new work when the file system is below `store.min_free_bytes`.
@@ -42,9 +42,15 @@ impl Store {
     /// while the store is over its byte budget. Unfinished runs and the outbox are never pruned.
     /// Expired idempotency keys go too. Returns the number of runs removed.
     ///
+    /// Before a run leaves the journal, the pruned watermark (see [`Store::pruned_watermark`])
+    /// is raised over it, in the same sled log: a flush that makes the removal durable makes
+    /// the watermark durable first, so a pruned logId can still be refused after a crash. Runs
+    /// are removed in chunks, so memory stays bounded however many go.
+    ///
     /// # Errors
     /// I/O or a corrupt record.
     pub fn prune(&self, max_age: Option<Duration>) -> Result<u64> {
+        const CHUNK: usize = 1024;
         let now = clock::now_ms();
         let cutoff = max_age.map(|a| now - a.as_millis() as i64);
         let over_budget = self.size_on_disk() > self.inner.cfg.max_bytes;
@@ -57,27 +63,50 @@ impl Store {
             0
         };
         let mut budget_removed = 0u64;
-        for item in self.inner.runs.iter() {
-            let (k, v) = item?;
-            let rec = RunRecord::decode(&v)?;
-            if self.derived_state(&rec)? != RunState::Reported {
-                continue;
+        // Keys to remove, with the record when it names a large-trigger file.
+        let mut chunk: Vec<(sled::IVec, LogId, Option<RunRecord>)> = Vec::new();
+        let mut mark: Option<(LogId, i64)> = None;
+        let mut iter = self.inner.runs.iter();
+        loop {
+            let item = iter.next();
+            let done = item.is_none();
+            if let Some(item) = item {
+                let (k, v) = item?;
+                let rec = RunRecord::decode(&v)?;
+                if self.derived_state(&rec)? != RunState::Reported {
+                    continue;
+                }
+                let old = cutoff.is_some_and(|c| rec.finished_ms.unwrap_or(rec.accepted_ms) < c);
+                let budget = budget_removed < budget_quota;
+                if !(old || budget) {
+                    continue;
+                }
+                if !old {
+                    budget_removed += 1;
+                }
+                let Some(id) = run_id(&k) else { continue };
+                let t = rec.trigger.log_date_time;
+                mark = Some(mark.map_or((id, t), |(i, m)| (i.max(id), m.max(t))));
+                chunk.push((k, id, rec.bulk.is_some().then_some(rec)));
+                if chunk.len() < CHUNK {
+                    continue;
+                }
             }
-            let old = cutoff.is_some_and(|c| rec.finished_ms.unwrap_or(rec.accepted_ms) < c);
-            let budget = budget_removed < budget_quota;
-            if !(old || budget) {
-                continue;
+            if let Some((id, t)) = mark.take() {
+                self.raise_watermark(id, t)?;
             }
-            if !old {
-                budget_removed += 1;
-            }
-            if let Some(id) = run_id(&k) {
+            for (k, id, rec) in chunk.drain(..) {
                 self.remove_log(id)?;
+                self.inner.runs.remove(k)?;
+                // Normally gone since the run finished; a crash can have kept it.
+                if let Some(rec) = rec {
+                    self.remove_after_flush(&rec);
+                }
+                removed += 1;
             }
-            self.inner.runs.remove(k)?;
-            // Normally gone since the run finished; a crash can have kept it.
-            self.remove_after_flush(&rec);
-            removed += 1;
+            if done {
+                break;
+            }
         }
         for item in self.inner.keys.iter() {
             let (k, v) = item?;
