@@ -41,6 +41,11 @@ pub enum Error {
     /// A socket could not be bound or served.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A write to the store failed (disk full, data directory read-only, I/O error): sled cannot
+    /// be used again in this process, and the failed database is never dropped (its destructor
+    /// can hang). Restarting the process recovers every accepted run; `serve` exits 75 for this.
+    #[error("the store failed ({0}); it cannot be written again until xxl-edge restarts, and the restart recovers every accepted run")]
+    StoreFailed(String),
 }
 
 /// What recovery found at start.
@@ -152,7 +157,12 @@ impl ExecutorBuilder {
         let runs = recovery.runs;
         // Interrupted runs are reported now; nothing starts before `run` has bound its sockets.
         let (recovered, counts) = runner.recover(recovery);
-        store.durable().await?;
+        // A full or read-only disk at start: a storage fault (a restart once it clears
+        // recovers), not a damaged store.
+        store.durable().await.map_err(|e| match store.fault() {
+            Some(f) => Error::StoreFailed(f.to_string()),
+            None => Error::Store(e),
+        })?;
         let report = RecoveryReport {
             runs,
             requeued: recovered.len(),
@@ -327,13 +337,39 @@ impl Executor {
         );
         let reg_stop = CancellationToken::new();
         let reg_task = tokio::spawn(registrar.clone().run(reg_stop.clone()));
+        let watchdog = {
+            let s = self.store.clone();
+            let progress = move || s.flush_progress();
+            let s = self.store.clone();
+            let declare = move |why: String| s.declare_failed(why);
+            tokio::spawn(watch_flushes(
+                progress,
+                declare,
+                FLUSH_STALL,
+                background.clone(),
+            ))
+        };
 
-        api::serve::serve(listener, api::service(state), stop_http.clone()).await;
-        tracing::info!("Shutting down: no new triggers are accepted.");
-
+        // Served in its own task: while the store is failed, `/run` still answers (500).
+        let http = tokio::spawn(api::serve::serve(
+            listener,
+            api::service(state),
+            stop_http.clone(),
+        ));
+        let fault = tokio::select! {
+            () = stop_http.cancelled() => None,
+            f = self.store.failed() => Some(f),
+        };
         reg_stop.cancel();
         let _ = reg_task.await;
         registrar.deregister().await;
+        if let Some(fault) = fault {
+            return Err(self
+                .stop_after_a_fault(fault, &stop_http, &background, http)
+                .await);
+        }
+        let _ = http.await;
+        tracing::info!("Shutting down: no new triggers are accepted.");
         self.runner
             .shutdown(self.config.runner.shutdown_grace)
             .await;
@@ -341,6 +377,7 @@ impl Executor {
         let _ = reporter.await;
         let _ = maintenance.await;
         let _ = log_flusher.await;
+        let _ = watchdog.await;
         let deadline = Instant::now() + self.config.admin.timeout * 2 + Duration::from_secs(1);
         let left = Reporter::new(
             self.store.clone(),
@@ -367,9 +404,110 @@ impl Executor {
             store.flush_now()
         })
         .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+        .map_err(|e| match self.store.fault() {
+            Some(f) => Error::StoreFailed(f.to_string()),
+            None => Error::Store(e),
+        })?;
         tracing::info!("xxl-edge stopped.");
         Ok(())
+    }
+
+    /// The store has failed: `/run` refuses at once (the runner checks the fault first) and the
+    /// admins were told to stop routing here (`registryRemove`). Waits until the data directory
+    /// is writable again, or for the shutdown signal, then stops what runs and returns, so that
+    /// the process exits and its supervisor restarts it: an in-process reopen is impossible
+    /// (`store::health`), and the restart's recovery calls back every accepted run.
+    async fn stop_after_a_fault(
+        &self,
+        fault: String,
+        stop_http: &CancellationToken,
+        background: &CancellationToken,
+        http: tokio::task::JoinHandle<()>,
+    ) -> Error {
+        let dir = self.config.executor.data_dir.clone();
+        tracing::error!(
+            error = %fault,
+            data_dir = %dir.display(),
+            "The store failed: new runs are refused and the admins no longer route here. xxl-edge exits with code 75 as soon as the data directory is writable again, so that its supervisor restarts it; the restart recovers every accepted run."
+        );
+        let signalled = tokio::select! {
+            () = stop_http.cancelled() => true,
+            () = writable_again(&self.store, &dir) => false,
+        };
+        if signalled {
+            tracing::warn!(
+                "Stopping while the store is failed; the next start recovers every accepted run."
+            );
+        } else {
+            tracing::warn!("The data directory is writable again: exiting with code 75 so that the supervisor restarts xxl-edge.");
+        }
+        stop_http.cancel();
+        // Outcomes cannot be recorded any more: running jobs are stopped without a grace and
+        // are reported as interrupted after the restart (or run again if re-run safe).
+        self.runner.shutdown(Duration::ZERO).await;
+        background.cancel();
+        // The background tasks end at once (the store answers every flush with its fault); the
+        // bound is for a sled call that never returns, which the process exit then ends.
+        let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+        Error::StoreFailed(fault)
+    }
+}
+
+/// A flush that has not completed after this long is a storage fault: sled 0.34 can wait forever
+/// for a write that failed, and every `/run` would wait with it.
+pub const FLUSH_STALL: Duration = Duration::from_secs(10);
+
+/// Declares the store failed when a flush has been under way for `stall` without completing.
+/// Looks at the store's flush counters once a second (no I/O).
+async fn watch_flushes(
+    progress: impl Fn() -> (u64, u64),
+    declare: impl Fn(String),
+    stall: Duration,
+    stop: CancellationToken,
+) {
+    let mut seen = progress();
+    let mut since = Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => return,
+        }
+        let now = progress();
+        let (begun, done) = now;
+        if now != seen || done >= begun {
+            seen = now;
+            since = Instant::now();
+        } else if since.elapsed() >= stall {
+            declare(format!(
+                "a flush of the store has not completed in {} s",
+                stall.as_secs()
+            ));
+            return;
+        }
+    }
+}
+
+/// Resolves once the data directory takes a write again: the executor's free-space threshold
+/// is met and a 64 KiB probe file can be written, synced and removed. Checked every second;
+/// the probe writes nothing while the file system refuses it.
+async fn writable_again(store: &Store, dir: &std::path::Path) {
+    let probe = dir.join(".xxl-edge-write-probe");
+    loop {
+        if store.check_space().is_ok() {
+            let p = probe.clone();
+            let wrote = tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                let res = std::fs::File::create(&p)
+                    .and_then(|mut f| f.write_all(&[0u8; 64 * 1024]).and_then(|()| f.sync_all()));
+                let _ = std::fs::remove_file(&p);
+                res.is_ok()
+            });
+            if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(5), wrote).await {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

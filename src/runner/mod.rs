@@ -253,6 +253,10 @@ impl Runner {
                 "xxl-edge is shutting down and accepts no new runs.",
             ));
         }
+        // Checked first: a failed store answers every trigger at once, without touching sled.
+        if let Some(fault) = inner.store.fault() {
+            return Err(fault_refusal(fault));
+        }
         let resolved = self.resolve(&t)?;
         inner.store.check_space().map_err(store_refusal)?;
         if inner.store.has_run(t.log_id).map_err(store_refusal)? {
@@ -491,12 +495,23 @@ impl Runner {
     /// `xxl_edge_triggers_total{result="store_error"}`): logged only.
     fn store_refused(&self, what: &str, e: &StoreError) {
         tracing::warn!(error = %e, what, "A store operation failed; the trigger is refused.");
+        self.check_store(e);
+    }
+
+    /// After a sled error, a flush finds out whether sled has failed for good (a failed write
+    /// fails every later operation, but only a flush marks the store failed): an insert can
+    /// fail this way while no flush is pending.
+    fn check_store(&self, e: &StoreError) {
+        if matches!(e, StoreError::Sled(_)) {
+            self.inner.store.check_health();
+        }
     }
 
     /// A store error nobody is told of directly: logged and counted
     /// (`xxl_edge_internal_errors_total{op}`).
     fn store_failed(&self, op: Op, what: &str, e: &StoreError) {
         internal_error!(self.inner.metrics, op, e, "A store operation failed.", what);
+        self.check_store(e);
     }
 
     /// `/idleBeat`: true when the job runs or has queued triggers.
@@ -558,6 +573,16 @@ impl Runner {
             tracing::warn!("Some runs did not stop within the kill grace; their outcomes are recorded as killed.");
         }
     }
+}
+
+/// `/run` while the store is failed (README, "Storage faults").
+fn fault_refusal(fault: &str) -> Refusal {
+    Refusal::new(
+        TriggerResult::StoreError,
+        format!(
+            "xxl-edge's store failed ({fault}) and cannot be written again until xxl-edge restarts, which it does by itself once its data directory is writable again; the trigger was not accepted"
+        ),
+    )
 }
 
 fn store_refusal(e: StoreError) -> Refusal {

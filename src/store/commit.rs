@@ -32,13 +32,7 @@ impl Store {
             .flush_tx
             .send(tx)
             .map_err(|_| StoreError::Closed)?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(msg)) => Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
-                msg,
-            )))),
-            Err(_) => Err(StoreError::Closed),
-        }
+        self.flush_answer(rx).await
     }
 
     /// Sets the observer of flush durations (once).
@@ -59,7 +53,10 @@ impl Store {
     /// # Errors
     /// The flush failed.
     pub fn flush_now(&self) -> Result<()> {
-        flush_and_remove(&self.inner).map_err(|e| StoreError::Sled(sled::Error::Io(e)))
+        flush_and_remove(&self.inner).map_err(|e| {
+            super::health::fail(&self.inner, &e);
+            StoreError::Sled(sled::Error::Io(e))
+        })
     }
 
     /// The number of flushes begun so far: what is written now is on disk once
@@ -109,6 +106,9 @@ pub(super) fn group_commit(
             return;
         };
         let res = flush_and_remove(&strong).map_err(|e| e.to_string());
+        if let Err(e) = &res {
+            super::health::fail(&strong, e);
+        }
         drop(strong);
         for w in waiters {
             let _ = w.send(res.clone());

@@ -37,6 +37,7 @@ use crate::job::LogId;
 
 mod bulk;
 mod commit;
+mod health;
 mod journal;
 mod keys;
 mod logs;
@@ -165,6 +166,8 @@ struct Inner {
     /// write made when `flushes_begun` was `n` is on disk once `flushes_done > n`.
     flushes_begun: AtomicU64,
     flushes_done: AtomicU64,
+    /// Set once a write failed: see `health`.
+    health: health::Health,
 }
 
 /// Called with the duration of every group-commit flush (the executor feeds a histogram).

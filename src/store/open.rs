@@ -113,6 +113,7 @@ impl Store {
             on_flush: std::sync::OnceLock::new(),
             flushes_begun: AtomicU64::new(0),
             flushes_done: AtomicU64::new(0),
+            health: Default::default(),
         });
         // A weak handle: dropping the last `Store` closes the database (and its file lock).
         let weak = Arc::downgrade(&inner);
