@@ -646,3 +646,50 @@ impl Snapshot {
         crate::private_file::replace(&tmp, &dir.join(SNAPSHOT_FILE), v.to_string().as_bytes())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// The watchdog declares a fault only for a flush that stays under way for the whole stall
+    /// bound: not while flushes complete, not while the store is idle.
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_declares_a_fault_only_for_a_flush_that_stalls() {
+        let begun = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicU64::new(0));
+        let declared = Arc::new(Mutex::new(None::<String>));
+        let stop = CancellationToken::new();
+        let task = {
+            let (b, d, decl) = (begun.clone(), done.clone(), declared.clone());
+            tokio::spawn(watch_flushes(
+                move || (b.load(Ordering::SeqCst), d.load(Ordering::SeqCst)),
+                move |why| *decl.lock().unwrap() = Some(why),
+                Duration::from_secs(10),
+                stop.clone(),
+            ))
+        };
+        // Idle for a minute, then busy with flushes that each take 5 s.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        for _ in 0..6 {
+            begun.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            done.fetch_add(1, Ordering::SeqCst);
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(declared.lock().unwrap().is_none());
+        // One flush that never completes: declared after the bound (checked every second).
+        begun.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(declared.lock().unwrap().is_none());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            declared.lock().unwrap().as_deref(),
+            Some("a flush of the store has not completed in 10 s")
+        );
+        assert!(task.is_finished());
+        stop.cancel();
+    }
+}

@@ -594,3 +594,45 @@ fn store_refusal(e: StoreError) -> Refusal {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 8: once the store has failed, `/run` is refused at once with the fault named, and
+    /// nothing is queued (a failed sled would otherwise fail or hang each step of admission).
+    #[tokio::test]
+    async fn a_failed_store_refuses_triggers_at_once_naming_the_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::defaults();
+        let store = Store::open(dir.path(), cfg.store.clone()).unwrap();
+        let mut handlers = handler::Registry::default();
+        handlers.insert(
+            "h",
+            Handler::new(|_ctx: handler::JobContext| async { Outcome::success() }),
+        );
+        let runner = Runner::new(
+            cfg.runner.clone(),
+            store.clone(),
+            RunLogs::new(store.clone(), 1 << 20, |_| {}),
+            Metrics::new().unwrap(),
+            handlers,
+            vec![],
+            dir.path().join("gluesource"),
+            Arc::default(),
+        );
+        let mut t = Trigger::for_test(1);
+        t.handler = "h".into();
+        store.declare_failed("No space left on device (os error 28)");
+        let r = runner.submit(t).await.unwrap_err();
+        assert_eq!(r.result, TriggerResult::StoreError);
+        assert!(
+            r.msg
+                .starts_with("xxl-edge's store failed (No space left on device (os error 28))")
+                && r.msg.ends_with("the trigger was not accepted"),
+            "{}",
+            r.msg
+        );
+        assert_eq!(runner.queued() + runner.executing(), 0);
+    }
+}
