@@ -44,7 +44,7 @@ pub enum Error {
     /// A write to the store failed (disk full, data directory read-only, I/O error): sled cannot
     /// be used again in this process, and the failed database is never dropped (its destructor
     /// can hang). Restarting the process recovers every accepted run; `serve` exits 75 for this.
-    #[error("the store failed ({0}); it cannot be written again until xxl-edge restarts, and the restart recovers every accepted run")]
+    #[error("storage fault: {0}. The store cannot be written until the fault clears and xxl-edge restarts; the restart recovers every accepted run")]
     StoreFailed(String),
 }
 
@@ -122,7 +122,18 @@ impl ExecutorBuilder {
                         "Removed params directories left by a previous crash."
                     );
                 }
-                Store::open(&dir, cfg)
+                // A data directory that is full or read-only now is a storage fault that
+                // clears, not a damaged store: sled would call it a store it cannot use, with
+                // the advice to move it aside.
+                if let Err(e) = probe_write(&dir) {
+                    if is_storage_fault(&e) {
+                        return Err(Error::StoreFailed(format!(
+                            "the data directory {} cannot be written: {e}",
+                            dir.display()
+                        )));
+                    }
+                }
+                Store::open(&dir, cfg).map_err(Error::Store)
             })
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??
@@ -492,23 +503,37 @@ async fn watch_flushes(
 /// is met and a 64 KiB probe file can be written, synced and removed. Checked every second;
 /// the probe writes nothing while the file system refuses it.
 async fn writable_again(store: &Store, dir: &std::path::Path) {
-    let probe = dir.join(".xxl-edge-write-probe");
     loop {
         if store.check_space().is_ok() {
-            let p = probe.clone();
-            let wrote = tokio::task::spawn_blocking(move || {
-                use std::io::Write;
-                let res = std::fs::File::create(&p)
-                    .and_then(|mut f| f.write_all(&[0u8; 64 * 1024]).and_then(|()| f.sync_all()));
-                let _ = std::fs::remove_file(&p);
-                res.is_ok()
-            });
+            let d = dir.to_path_buf();
+            let wrote = tokio::task::spawn_blocking(move || probe_write(&d).is_ok());
             if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(5), wrote).await {
                 return;
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Writes, syncs and removes a 64 KiB file in `dir`: whether the data directory takes a write.
+/// Nothing is written when the file system refuses it.
+fn probe_write(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let p = dir.join(".xxl-edge-write-probe");
+    let res = std::fs::File::create(&p)
+        .and_then(|mut f| f.write_all(&[0u8; 64 * 1024]).and_then(|()| f.sync_all()));
+    let _ = std::fs::remove_file(&p);
+    res
+}
+
+/// A data directory that cannot take a write for now (full, over quota, mounted read-only):
+/// a fault that clears, after which a restart works.
+fn is_storage_fault(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::ReadOnlyFilesystem
+    )
 }
 
 /// Puts a run's output on disk at most `every` after it was written, so that a crash keeps it

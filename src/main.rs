@@ -267,7 +267,9 @@ fn serve(a: ServeArgs) -> ExitCode {
     match served {
         Served::Exit(code) => code,
         Served::StoreFailed(e) => {
-            eprintln!("xxl-edge: {e}; exiting with code {EX_STORE_FAILED} so that the supervisor restarts it");
+            eprintln!(
+                "xxl-edge: {e}. Exiting with code {EX_STORE_FAILED} so that the supervisor restarts xxl-edge."
+            );
             drop(_trace_guard);
             // Not a return: that would drop the runtime, which waits for blocking tasks that may
             // be inside the failed sled, and sled's destructors can hang (`store::health`). The

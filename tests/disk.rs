@@ -386,3 +386,55 @@ async fn sigterm_while_the_store_is_failed_exits_within_seconds() {
         admin.callback(id).await;
     }
 }
+
+/// Issue 8: a start on a full data directory exited 2 with the advice to move the store aside
+/// and start empty (sled reports the full disk as a store it cannot open). It is a storage fault:
+/// exit 75, the store untouched, and the start after the space returns recovers.
+#[tokio::test]
+async fn a_start_on_a_full_disk_is_a_storage_fault_not_a_damaged_store() {
+    let mnt = tempfile::tempdir().unwrap();
+    let _fs = Tmpfs::mount(mnt.path(), "32m").expect(
+        "cannot mount a tmpfs here: this test needs root, as on the project's machines and CI",
+    );
+    let admin = FakeAdmin::start().await;
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let config = binary_config(cfg_dir.path(), &mnt.path().join("data"), &admin.url());
+    let ex = child::Child::start(&config).await;
+    assert_eq!(ex.run(1, "demoJobHandler", 1).await, Some(ok()));
+    admin.callback(1).await;
+    ex.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(ex.exited_within(GUARD).await.unwrap().code(), Some(0));
+
+    let filler = fill_up(mnt.path());
+    let start = std::process::Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(
+        GUARD,
+        tokio::task::spawn_blocking(move || start.wait_with_output().unwrap()),
+    )
+    .await
+    .expect("a start on a full disk ends")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.contains("storage fault") && stderr.contains("No space left on device"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Move the directory aside"), "{stderr}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let ex = child::Child::start(&config).await;
+    assert_eq!(
+        ex.run(1, "demoJobHandler", 1).await.unwrap()["msg"],
+        "repeat trigger job, logId:1",
+        "the journal is kept"
+    );
+    assert_eq!(ex.run(1, "demoJobHandler", 2).await, Some(ok()));
+    admin.callback(2).await;
+}
