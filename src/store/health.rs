@@ -115,7 +115,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let again = sled::Config::new().path(dir.path()).open();
-        let err = again.err().expect("a second open in the same process");
+        let err = again.expect_err("a second open in the same process");
         assert!(err.to_string().contains("could not acquire lock"), "{err}");
         drop(db);
         assert!(sled::Config::new().path(dir.path()).open().is_ok());
