@@ -43,7 +43,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     /// A write to the store failed (disk full, data directory read-only, I/O error): sled cannot
     /// be used again in this process, and the failed database is never dropped (its destructor
-    /// can hang). Restarting the process recovers every accepted run; `serve` exits 75 for this.
+    /// can hang, so its memory stays allocated). End the process: a restart recovers every
+    /// accepted run. `serve` exits 75 for this.
     #[error("storage fault: {0}. The store cannot be written until the fault clears and xxl-edge restarts; the restart recovers every accepted run")]
     StoreFailed(String),
 }
@@ -371,16 +372,25 @@ impl Executor {
             () = stop_http.cancelled() => None,
             f = self.store.failed() => Some(f),
         };
-        reg_stop.cancel();
-        let _ = reg_task.await;
-        registrar.deregister().await;
         if let Some(fault) = fault {
+            tracing::error!(
+                error = %fault,
+                data_dir = %self.config.executor.data_dir.display(),
+                "The store failed: new runs are refused and the admins no longer route here. xxl-edge exits with code 75 as soon as the data directory is writable again, so that its supervisor restarts it; the restart recovers every accepted run."
+            );
+            reg_stop.cancel();
+            let _ = reg_task.await;
+            registrar.deregister().await;
             return Err(self
                 .stop_after_a_fault(fault, &stop_http, &background, http)
                 .await);
         }
         let _ = http.await;
         tracing::info!("Shutting down: no new triggers are accepted.");
+
+        reg_stop.cancel();
+        let _ = reg_task.await;
+        registrar.deregister().await;
         self.runner
             .shutdown(self.config.runner.shutdown_grace)
             .await;
@@ -425,7 +435,7 @@ impl Executor {
     }
 
     /// The store has failed: `/run` refuses at once (the runner checks the fault first) and the
-    /// admins were told to stop routing here (`registryRemove`). Waits until the data directory
+    /// admins have been told to stop routing here (`registryRemove`). Waits until the data directory
     /// is writable again, or for the shutdown signal, then stops what runs and returns, so that
     /// the process exits and its supervisor restarts it: an in-process reopen is impossible
     /// (`store::health`), and the restart's recovery calls back every accepted run.
@@ -437,11 +447,6 @@ impl Executor {
         http: tokio::task::JoinHandle<()>,
     ) -> Error {
         let dir = self.config.executor.data_dir.clone();
-        tracing::error!(
-            error = %fault,
-            data_dir = %dir.display(),
-            "The store failed: new runs are refused and the admins no longer route here. xxl-edge exits with code 75 as soon as the data directory is writable again, so that its supervisor restarts it; the restart recovers every accepted run."
-        );
         let signalled = tokio::select! {
             () = stop_http.cancelled() => true,
             () = writable_again(&self.store, &dir) => false,
@@ -458,8 +463,8 @@ impl Executor {
         // are reported as interrupted after the restart (or run again if re-run safe).
         self.runner.shutdown(Duration::ZERO).await;
         background.cancel();
-        // The background tasks end at once (the store answers every flush with its fault); the
-        // bound is for a sled call that never returns, which the process exit then ends.
+        // In-flight requests end at once (the store answers every flush with its fault); the
+        // bound is for one stuck in a sled call, which the process exit then ends.
         let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
         Error::StoreFailed(fault)
     }
