@@ -387,6 +387,26 @@ async fn sigterm_while_the_store_is_failed_exits_within_seconds() {
     }
 }
 
+/// `xxl-edge serve` expected to exit before it serves: its exit status and stderr (bounded).
+async fn a_start_that_fails(config: &Path) -> std::process::Output {
+    let start = Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(start.id() as i32);
+    let waited = tokio::task::spawn_blocking(move || start.wait_with_output().unwrap());
+    match tokio::time::timeout(GUARD, waited).await {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("the start did not end");
+        }
+    }
+}
+
 /// Issue 8: a start on a full data directory exited 2 with the advice to move the store aside
 /// and start empty (sled reports the full disk as a store it cannot open). It is a storage fault:
 /// exit 75, the store untouched, and the start after the space returns recovers.
@@ -406,20 +426,7 @@ async fn a_start_on_a_full_disk_is_a_storage_fault_not_a_damaged_store() {
     assert_eq!(ex.exited_within(GUARD).await.unwrap().code(), Some(0));
 
     let filler = fill_up(mnt.path());
-    let start = std::process::Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = tokio::time::timeout(
-        GUARD,
-        tokio::task::spawn_blocking(move || start.wait_with_output().unwrap()),
-    )
-    .await
-    .expect("a start on a full disk ends")
-    .unwrap();
+    let out = a_start_that_fails(&config).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(75), "{stderr}");
     assert!(
@@ -435,6 +442,45 @@ async fn a_start_on_a_full_disk_is_a_storage_fault_not_a_damaged_store() {
         "repeat trigger job, logId:1",
         "the journal is kept"
     );
+    assert_eq!(ex.run(1, "demoJobHandler", 2).await, Some(ok()));
+    admin.callback(2).await;
+}
+
+/// The same for a data directory mounted read-only (a tmpfs cannot be remounted read-only while
+/// the executor holds files open for writing, so this is the start; a running executor meets it
+/// as a failed write, as with the full disk above).
+#[tokio::test]
+async fn a_start_on_a_read_only_data_dir_is_a_storage_fault() {
+    let mnt = tempfile::tempdir().unwrap();
+    let _fs = Tmpfs::mount(mnt.path(), "32m").expect(
+        "cannot mount a tmpfs here: this test needs root, as on the project's machines and CI",
+    );
+    let admin = FakeAdmin::start().await;
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let config = binary_config(cfg_dir.path(), &mnt.path().join("data"), &admin.url());
+    let ex = child::Child::start(&config).await;
+    assert_eq!(ex.run(1, "demoJobHandler", 1).await, Some(ok()));
+    admin.callback(1).await;
+    ex.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(ex.exited_within(GUARD).await.unwrap().code(), Some(0));
+
+    let remount = |mode: &str| {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(mnt.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {mode}");
+    };
+    remount("ro");
+    let out = a_start_that_fails(&config).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+
+    remount("rw");
+    let ex = child::Child::start(&config).await;
     assert_eq!(ex.run(1, "demoJobHandler", 2).await, Some(ok()));
     admin.callback(2).await;
 }
