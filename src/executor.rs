@@ -41,6 +41,12 @@ pub enum Error {
     /// A socket could not be bound or served.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A write to the store failed (disk full, data directory read-only, I/O error): sled cannot
+    /// be used again in this process, and the failed database is never dropped (its destructor
+    /// can hang, so its memory stays allocated). End the process: a restart recovers every
+    /// accepted run. `serve` exits 75 for this.
+    #[error("storage fault: {0}. The store cannot be written until the fault clears and xxl-edge restarts; the restart recovers every accepted run")]
+    StoreFailed(String),
 }
 
 /// What recovery found at start.
@@ -117,7 +123,18 @@ impl ExecutorBuilder {
                         "Removed params directories left by a previous crash."
                     );
                 }
-                Store::open(&dir, cfg)
+                // A data directory that is full or read-only now is a storage fault that
+                // clears, not a damaged store: sled would call it a store it cannot use, with
+                // the advice to move it aside.
+                if let Err(e) = probe_write(&dir) {
+                    if is_storage_fault(&e) {
+                        return Err(Error::StoreFailed(format!(
+                            "the data directory {} cannot be written: {e}",
+                            dir.display()
+                        )));
+                    }
+                }
+                Store::open(&dir, cfg).map_err(Error::Store)
             })
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??
@@ -152,7 +169,12 @@ impl ExecutorBuilder {
         let runs = recovery.runs;
         // Interrupted runs are reported now; nothing starts before `run` has bound its sockets.
         let (recovered, counts) = runner.recover(recovery);
-        store.durable().await?;
+        // A full or read-only disk at start: a storage fault (a restart once it clears
+        // recovers), not a damaged store.
+        store.durable().await.map_err(|e| match store.fault() {
+            Some(f) => Error::StoreFailed(f.to_string()),
+            None => Error::Store(e),
+        })?;
         let report = RecoveryReport {
             runs,
             requeued: recovered.len(),
@@ -327,8 +349,43 @@ impl Executor {
         );
         let reg_stop = CancellationToken::new();
         let reg_task = tokio::spawn(registrar.clone().run(reg_stop.clone()));
+        let watchdog = {
+            let s = self.store.clone();
+            let progress = move || s.flush_progress();
+            let s = self.store.clone();
+            let declare = move |why: String| s.declare_failed(why);
+            tokio::spawn(watch_flushes(
+                progress,
+                declare,
+                FLUSH_STALL,
+                background.clone(),
+            ))
+        };
 
-        api::serve::serve(listener, api::service(state), stop_http.clone()).await;
+        // Served in its own task: while the store is failed, `/run` still answers (500).
+        let http = tokio::spawn(api::serve::serve(
+            listener,
+            api::service(state),
+            stop_http.clone(),
+        ));
+        let fault = tokio::select! {
+            () = stop_http.cancelled() => None,
+            f = self.store.failed() => Some(f),
+        };
+        if let Some(fault) = fault {
+            tracing::error!(
+                error = %fault,
+                data_dir = %self.config.executor.data_dir.display(),
+                "The store failed: new runs are refused and the admins no longer route here. xxl-edge exits with code 75 as soon as the data directory is writable again, so that its supervisor restarts it; the restart recovers every accepted run."
+            );
+            reg_stop.cancel();
+            let _ = reg_task.await;
+            registrar.deregister().await;
+            return Err(self
+                .stop_after_a_fault(fault, &stop_http, &background, http)
+                .await);
+        }
+        let _ = http.await;
         tracing::info!("Shutting down: no new triggers are accepted.");
 
         reg_stop.cancel();
@@ -341,6 +398,7 @@ impl Executor {
         let _ = reporter.await;
         let _ = maintenance.await;
         let _ = log_flusher.await;
+        let _ = watchdog.await;
         let deadline = Instant::now() + self.config.admin.timeout * 2 + Duration::from_secs(1);
         let left = Reporter::new(
             self.store.clone(),
@@ -367,10 +425,120 @@ impl Executor {
             store.flush_now().and_then(|()| store.seal_anchor())
         })
         .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+        .map_err(|e| match self.store.fault() {
+            Some(f) => Error::StoreFailed(f.to_string()),
+            None => Error::Store(e),
+        })?;
         tracing::info!("xxl-edge stopped.");
         Ok(())
     }
+
+    /// The store has failed: `/run` refuses at once (the runner checks the fault first) and the
+    /// admins have been told to stop routing here (`registryRemove`). Waits until the data directory
+    /// is writable again, or for the shutdown signal, then stops what runs and returns, so that
+    /// the process exits and its supervisor restarts it: an in-process reopen is impossible
+    /// (`store::health`), and the restart's recovery calls back every accepted run.
+    async fn stop_after_a_fault(
+        &self,
+        fault: String,
+        stop_http: &CancellationToken,
+        background: &CancellationToken,
+        http: tokio::task::JoinHandle<()>,
+    ) -> Error {
+        let dir = self.config.executor.data_dir.clone();
+        let signalled = tokio::select! {
+            () = stop_http.cancelled() => true,
+            () = writable_again(&self.store, &dir) => false,
+        };
+        if signalled {
+            tracing::warn!(
+                "Stopping while the store is failed; the next start recovers every accepted run."
+            );
+        } else {
+            tracing::warn!("The data directory is writable again: exiting with code 75 so that the supervisor restarts xxl-edge.");
+        }
+        stop_http.cancel();
+        // Outcomes cannot be recorded any more: running jobs are stopped without a grace and
+        // are reported as interrupted after the restart (or run again if re-run safe).
+        self.runner.shutdown(Duration::ZERO).await;
+        background.cancel();
+        // In-flight requests end at once (the store answers every flush with its fault); the
+        // bound is for one stuck in a sled call, which the process exit then ends.
+        let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+        Error::StoreFailed(fault)
+    }
+}
+
+/// A flush that has not completed after this long is a storage fault: sled 0.34 can wait forever
+/// for a write that failed, and every `/run` would wait with it.
+pub const FLUSH_STALL: Duration = Duration::from_secs(10);
+
+/// Declares the store failed when a flush has been under way for `stall` without completing.
+/// Looks at the store's flush counters once a second (no I/O).
+async fn watch_flushes(
+    progress: impl Fn() -> (u64, u64),
+    declare: impl Fn(String),
+    stall: Duration,
+    stop: CancellationToken,
+) {
+    let mut seen = progress();
+    let mut since = Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => return,
+        }
+        let now = progress();
+        let (begun, done) = now;
+        if now != seen || done >= begun {
+            seen = now;
+            since = Instant::now();
+        } else if since.elapsed() >= stall {
+            declare(format!(
+                "a flush of the store has not completed in {} s",
+                stall.as_secs()
+            ));
+            return;
+        }
+    }
+}
+
+/// Resolves once the data directory takes a write again: the executor's free-space threshold
+/// is met and a 64 KiB probe file can be written, synced and removed. Checked every second;
+/// the probe writes nothing while the file system refuses it.
+async fn writable_again(store: &Store, dir: &std::path::Path) {
+    loop {
+        if store.check_space().is_ok() {
+            let d = dir.to_path_buf();
+            let wrote = tokio::task::spawn_blocking(move || probe_write(&d).is_ok());
+            if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(5), wrote).await {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Writes, syncs and removes a 64 KiB file in `dir`: whether the data directory takes a write.
+/// Nothing is written when the file system refuses it.
+fn probe_write(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let p = dir.join(".xxl-edge-write-probe");
+    let res = std::fs::File::create(&p)
+        .and_then(|mut f| f.write_all(&[0u8; 64 * 1024]).and_then(|()| f.sync_all()));
+    let _ = std::fs::remove_file(&p);
+    res
+}
+
+/// A data directory that cannot take a write for now (full, over quota, mounted read-only):
+/// a fault that clears, after which a restart works.
+fn is_storage_fault(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::ReadOnlyFilesystem
+    )
 }
 
 /// Puts a run's output on disk at most `every` after it was written, so that a crash keeps it
@@ -515,5 +683,52 @@ impl Snapshot {
         v["written_ms"] = crate::clock::now_ms().into();
         let tmp: PathBuf = dir.join(format!(".{SNAPSHOT_FILE}.tmp"));
         crate::private_file::replace(&tmp, &dir.join(SNAPSHOT_FILE), v.to_string().as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// The watchdog declares a fault only for a flush that stays under way for the whole stall
+    /// bound: not while flushes complete, not while the store is idle.
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_declares_a_fault_only_for_a_flush_that_stalls() {
+        let begun = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicU64::new(0));
+        let declared = Arc::new(Mutex::new(None::<String>));
+        let stop = CancellationToken::new();
+        let task = {
+            let (b, d, decl) = (begun.clone(), done.clone(), declared.clone());
+            tokio::spawn(watch_flushes(
+                move || (b.load(Ordering::SeqCst), d.load(Ordering::SeqCst)),
+                move |why| *decl.lock().unwrap() = Some(why),
+                Duration::from_secs(10),
+                stop.clone(),
+            ))
+        };
+        // Idle for a minute, then busy with flushes that each take 5 s.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        for _ in 0..6 {
+            begun.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            done.fetch_add(1, Ordering::SeqCst);
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(declared.lock().unwrap().is_none());
+        // One flush that never completes: declared after the bound (checked every second).
+        begun.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(declared.lock().unwrap().is_none());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            declared.lock().unwrap().as_deref(),
+            Some("a flush of the store has not completed in 10 s")
+        );
+        assert!(task.is_finished());
+        stop.cancel();
     }
 }

@@ -19,6 +19,9 @@ const EX_USAGE: u8 = 64;
 /// The handler name of the admin's sample job.
 const DEMO_HANDLER: &str = "demoJobHandler";
 const EX_STORE: u8 = 2;
+/// The store failed while serving (disk full, data directory read-only, I/O error): sysexits'
+/// EX_TEMPFAIL. A restart recovers; systemd's `Restart=always` (or `on-failure`) does it.
+const EX_STORE_FAILED: i32 = 75;
 
 /// An XXL-JOB executor for edge hosts: durable, observable, small.
 #[derive(Parser, Debug)]
@@ -220,7 +223,7 @@ fn serve(a: ServeArgs) -> ExitCode {
     let Some(rt) = runtime(threads) else {
         return ExitCode::FAILURE;
     };
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let addr = std::net::SocketAddr::new(config.executor.listen, config.executor.port);
         // The admin's sample job calls `demoJobHandler`; answering it out of the box lets an
         // operator check the whole path from the admin. A configured handler of that name wins.
@@ -237,28 +240,50 @@ fn serve(a: ServeArgs) -> ExitCode {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("xxl-edge: cannot listen on {addr}: {e}");
-                return ExitCode::FAILURE;
+                return Served::Exit(ExitCode::FAILURE);
             }
         };
         let executor = match builder.config(config).build().await {
             Ok(e) => e,
+            Err(e @ xxl_edge::executor::Error::StoreFailed(_)) => return Served::StoreFailed(e),
             Err(xxl_edge::executor::Error::Store(e)) => {
                 eprintln!("xxl-edge: {e}");
-                return ExitCode::from(EX_STORE);
+                return Served::Exit(ExitCode::from(EX_STORE));
             }
             Err(e) => {
                 eprintln!("xxl-edge: cannot start: {e}");
-                return ExitCode::FAILURE;
+                return Served::Exit(ExitCode::FAILURE);
             }
         };
         match executor.run(listener, shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(()) => Served::Exit(ExitCode::SUCCESS),
+            Err(e @ xxl_edge::executor::Error::StoreFailed(_)) => Served::StoreFailed(e),
             Err(e) => {
                 eprintln!("xxl-edge: {e}");
-                ExitCode::FAILURE
+                Served::Exit(ExitCode::FAILURE)
             }
         }
-    })
+    });
+    match served {
+        Served::Exit(code) => code,
+        Served::StoreFailed(e) => {
+            eprintln!(
+                "xxl-edge: {e}. Exiting with code {EX_STORE_FAILED} so that the supervisor restarts xxl-edge."
+            );
+            drop(_trace_guard);
+            // Not a return: that would drop the runtime, which waits for blocking tasks that may
+            // be inside the failed sled, and sled's destructors can hang (`store::health`). The
+            // store's flush thread and lock end with the process.
+            std::process::exit(EX_STORE_FAILED)
+        }
+    }
+}
+
+/// How `serve` ends.
+enum Served {
+    Exit(ExitCode),
+    /// The store failed: exit without running the store's destructors.
+    StoreFailed(xxl_edge::executor::Error),
 }
 
 /// SIGTERM is what systemd and `kill` send; SIGINT is Ctrl-C on a console. Both stop gracefully.

@@ -253,6 +253,10 @@ impl Runner {
                 "xxl-edge is shutting down and accepts no new runs.",
             ));
         }
+        // Checked first: a failed store answers every trigger at once, without touching sled.
+        if let Some(fault) = inner.store.fault() {
+            return Err(fault_refusal(fault));
+        }
         let resolved = self.resolve(&t)?;
         inner.store.check_space().map_err(store_refusal)?;
         if inner.store.has_run(t.log_id).map_err(store_refusal)? {
@@ -507,12 +511,23 @@ impl Runner {
     /// `xxl_edge_triggers_total{result="store_error"}`): logged only.
     fn store_refused(&self, what: &str, e: &StoreError) {
         tracing::warn!(error = %e, what, "A store operation failed; the trigger is refused.");
+        self.check_store(e);
+    }
+
+    /// After a sled error, a flush finds out whether sled has failed for good (a failed write
+    /// fails every later operation, but only a flush marks the store failed): an insert can
+    /// fail this way while no flush is pending.
+    fn check_store(&self, e: &StoreError) {
+        if matches!(e, StoreError::Sled(_)) {
+            self.inner.store.check_health();
+        }
     }
 
     /// A store error nobody is told of directly: logged and counted
     /// (`xxl_edge_internal_errors_total{op}`).
     fn store_failed(&self, op: Op, what: &str, e: &StoreError) {
         internal_error!(self.inner.metrics, op, e, "A store operation failed.", what);
+        self.check_store(e);
     }
 
     /// `/idleBeat`: true when the job runs or has queued triggers.
@@ -576,6 +591,16 @@ impl Runner {
     }
 }
 
+/// `/run` while the store is failed (README, "Storage faults").
+fn fault_refusal(fault: &str) -> Refusal {
+    Refusal::new(
+        TriggerResult::StoreError,
+        format!(
+            "xxl-edge's store failed ({fault}) and cannot be written again until xxl-edge restarts, which it does by itself once its data directory is writable again; the trigger was not accepted"
+        ),
+    )
+}
+
 fn store_refusal(e: StoreError) -> Refusal {
     match e {
         StoreError::DiskFull { .. } => Refusal::new(TriggerResult::DiskFull, e.to_string()),
@@ -583,5 +608,47 @@ fn store_refusal(e: StoreError) -> Refusal {
             TriggerResult::StoreError,
             format!("the run journal could not be written, so the trigger was not accepted: {e}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 8: once the store has failed, `/run` is refused at once with the fault named, and
+    /// nothing is queued (a failed sled would otherwise fail or hang each step of admission).
+    #[tokio::test]
+    async fn a_failed_store_refuses_triggers_at_once_naming_the_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::defaults();
+        let store = Store::open(dir.path(), cfg.store.clone()).unwrap();
+        let mut handlers = handler::Registry::default();
+        handlers.insert(
+            "h",
+            Handler::new(|_ctx: handler::JobContext| async { Outcome::success() }),
+        );
+        let runner = Runner::new(
+            cfg.runner.clone(),
+            store.clone(),
+            RunLogs::new(store.clone(), 1 << 20, |_| {}),
+            Metrics::new().unwrap(),
+            handlers,
+            vec![],
+            dir.path().join("gluesource"),
+            Arc::default(),
+        );
+        let mut t = Trigger::for_test(1);
+        t.handler = "h".into();
+        store.declare_failed("No space left on device (os error 28)");
+        let r = runner.submit(t).await.unwrap_err();
+        assert_eq!(r.result, TriggerResult::StoreError);
+        assert!(
+            r.msg
+                .starts_with("xxl-edge's store failed (No space left on device (os error 28))")
+                && r.msg.ends_with("the trigger was not accepted"),
+            "{}",
+            r.msg
+        );
+        assert_eq!(runner.queued() + runner.executing(), 0);
     }
 }

@@ -64,12 +64,17 @@ impl Store {
         self.inner.outcomes_epoch.fetch_max(epoch, Ordering::SeqCst);
         self.inner.outcomes_writing.fetch_sub(1, Ordering::SeqCst);
         if self.inner.cfg.flush_every.is_none() {
-            let (reply, _rx) = oneshot::channel();
-            let _ = self
-                .inner
-                .flush_tx
-                .send(FlushRequest { since: None, reply });
+            self.flush_in_background();
         }
+    }
+
+    /// Starts a flush and does not wait for it.
+    pub(super) fn flush_in_background(&self) {
+        let (reply, _rx) = oneshot::channel();
+        let _ = self
+            .inner
+            .flush_tx
+            .send(FlushRequest { since: None, reply });
     }
 
     /// An outcome is about to be written; [`Store::outcome_written`] must follow.
@@ -101,13 +106,7 @@ impl Store {
             .flush_tx
             .send(FlushRequest { since, reply })
             .map_err(|_| StoreError::Closed)?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(msg)) => Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
-                msg,
-            )))),
-            Err(_) => Err(StoreError::Closed),
-        }
+        self.flush_answer(rx).await
     }
 
     /// Sets the observer of flush durations (once).
@@ -120,7 +119,10 @@ impl Store {
     /// # Errors
     /// The flush failed.
     pub fn flush_now(&self) -> Result<()> {
-        flush_and_remove(&self.inner).map_err(|e| StoreError::Sled(sled::Error::Io(e)))
+        flush_and_remove(&self.inner).map_err(|e| {
+            super::health::fail(&self.inner, &e);
+            StoreError::Sled(sled::Error::Io(e))
+        })
     }
 
     /// The number of flushes begun so far: what is written now is on disk once
@@ -185,6 +187,9 @@ pub(super) fn group_commit(
             return;
         };
         let res = flush_and_remove(&strong).map_err(|e| e.to_string());
+        if let Err(e) = &res {
+            super::health::fail(&strong, e);
+        }
         drop(strong);
         for w in waiters {
             let _ = w.reply.send(res.clone());

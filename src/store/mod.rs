@@ -41,6 +41,7 @@ use crate::job::LogId;
 mod anchor;
 mod bulk;
 mod commit;
+mod health;
 mod journal;
 mod keys;
 mod logs;
@@ -182,6 +183,8 @@ struct Inner {
     flushes_done: AtomicU64,
     /// The integrity anchor and the pruned watermark.
     integrity: anchor::Integrity,
+    /// Set once a write failed: see `health`.
+    health: health::Health,
 }
 
 /// Called with the duration of every group-commit flush (the executor feeds a histogram).

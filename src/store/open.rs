@@ -147,6 +147,7 @@ impl Store {
             outcomes_writing: AtomicU64::new(0),
             flushes_done: AtomicU64::new(0),
             integrity,
+            health: Default::default(),
         });
         // A weak handle: dropping the last `Store` closes the database (and its file lock).
         let weak = Arc::downgrade(&inner);

@@ -16,6 +16,8 @@ use warp::Filter;
 
 use xxl_edge::{Config, ExecutorBuilder, JobContext, Outcome};
 
+pub mod child;
+
 /// How long any single wait in a test may take before the test fails.
 pub const GUARD: Duration = Duration::from_secs(20);
 

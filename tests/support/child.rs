@@ -1,0 +1,166 @@
+//! The executor binary as a child process, for tests that watch it exit and restart it on the same
+//! data directory as a supervisor would.
+
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+
+use super::GUARD;
+
+/// `xxl-edge serve --log-json --config FILE`, its JSON log lines and its exit status.
+pub struct Child {
+    pub pid: i32,
+    pub addr: std::net::SocketAddr,
+    lines: Arc<Mutex<Vec<Value>>>,
+    new_line: Arc<Notify>,
+    exit: watch::Receiver<Option<ExitStatus>>,
+    client: reqwest::Client,
+}
+
+impl Child {
+    /// Starts the binary and waits for its "started" event.
+    pub async fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
+            .args(["serve", "--log-json", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let new_line = Arc::new(Notify::new());
+        let stderr = child.stderr.take().unwrap();
+        {
+            let (lines, new_line) = (lines.clone(), new_line.clone());
+            // Drained continuously so the executor never blocks on a full pipe.
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    let v = serde_json::from_str(&line).unwrap_or(json!({ "raw": line }));
+                    lines.lock().unwrap().push(v);
+                    new_line.notify_waiters();
+                }
+            });
+        }
+        let (exit_tx, exit) = watch::channel(None);
+        std::thread::spawn(move || {
+            let status = child.wait().unwrap();
+            let _ = exit_tx.send(Some(status));
+        });
+        let mut me = Self {
+            pid,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            lines,
+            new_line,
+            exit,
+            client: reqwest::Client::new(),
+        };
+        let started = me
+            .wait_line("the executor's start", |v| {
+                v["fields"]["message"] == "xxl-edge executor started."
+            })
+            .await;
+        me.addr = started["fields"]["listen"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        me
+    }
+
+    /// Waits (bounded by [`GUARD`]) for a log line that satisfies `pred`; fails the test if the
+    /// process exits first.
+    pub async fn wait_line(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let fut = async {
+            loop {
+                let notified = self.new_line.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(v) = self.lines.lock().unwrap().iter().find(|v| pred(v)) {
+                    return v.clone();
+                }
+                if let Some(status) = *self.exit.borrow() {
+                    panic!(
+                        "the executor exited ({status}) before {what}; its log:\n{}",
+                        self.log_text()
+                    );
+                }
+                // The exit is seen within 50 ms; lines wake the wait at once.
+                let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+            }
+        };
+        match tokio::time::timeout(GUARD, fut).await {
+            Ok(v) => v,
+            Err(_) => panic!("timed out waiting for {what}; log:\n{}", self.log_text()),
+        }
+    }
+
+    /// Every log line so far, one per line.
+    pub fn log_text(&self) -> String {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The exit status once the process has exited, waiting at most `limit`.
+    pub async fn exited_within(&self, limit: Duration) -> Option<ExitStatus> {
+        let mut rx = self.exit.clone();
+        tokio::time::timeout(limit, rx.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|s| *s))
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig);
+    }
+
+    /// POSTs with the test token; `None` when the process does not answer (gone, or no answer
+    /// within [`GUARD`]).
+    pub async fn post(&self, path: &str, body: String) -> Option<Value> {
+        let r = self
+            .client
+            .post(format!("http://{}{}", self.addr, path))
+            .header("XXL-JOB-ACCESS-TOKEN", "default_token")
+            .timeout(GUARD)
+            .body(body)
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    /// `/run` of a BEAN handler.
+    pub async fn run(&self, job: i32, handler: &str, log_id: i64) -> Option<Value> {
+        self.post(
+            "/run",
+            json!({"jobId": job, "executorHandler": handler, "logId": log_id,
+                   "logDateTime": 1717171717000i64, "glueType": "BEAN",
+                   "executorBlockStrategy": "SERIAL_EXECUTION"})
+            .to_string(),
+        )
+        .await
+    }
+}
+
+impl Drop for Child {
+    /// A test that failed half-way leaves no executor behind (it would keep its tmpfs busy).
+    fn drop(&mut self) {
+        if self.exit.borrow().is_none() {
+            self.signal(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
