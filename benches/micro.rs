@@ -45,14 +45,14 @@ fn benches(c: &mut Criterion) {
     c.bench_function("journal_insert_and_flush", |b| {
         b.iter(|| {
             id += 1;
-            store.insert_accepted(&trigger(id)).unwrap();
+            store.insert_accepted(&trigger(id), false).unwrap();
             rt.block_on(store.durable()).unwrap();
         })
     });
     c.bench_function("journal_insert_no_flush", |b| {
         b.iter(|| {
             id += 1;
-            store.insert_accepted(&trigger(id)).unwrap();
+            store.insert_accepted(&trigger(id), false).unwrap();
         })
     });
 
@@ -62,7 +62,7 @@ fn benches(c: &mut Criterion) {
                 for _ in 0..50 {
                     id += 1;
                     let t = trigger(id);
-                    store.insert_accepted(&t).unwrap();
+                    store.insert_accepted(&t, false).unwrap();
                     store
                         .finish(&t, &Outcome::success(), OutcomeKind::Success, None)
                         .unwrap();

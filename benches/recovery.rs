@@ -41,7 +41,7 @@ fn main() {
         let store = Store::open(dir.path(), Config::defaults().store).unwrap();
         for id in 1..=total {
             let t = trigger(id);
-            store.insert_accepted(&t).unwrap();
+            store.insert_accepted(&t, false).unwrap();
             if id > queued {
                 store.mark_running(t.log_id, None).unwrap();
                 store.append_log(t.log_id, 1, "start").unwrap();

@@ -271,16 +271,27 @@ impl Runner {
         }
 
         // Decide first, so that a refusal costs no I/O.
-        let first = {
+        let (first, idle_worker) = {
             let jobs = lock(&inner.jobs);
-            self.decide(&jobs, &t, &resolved)
+            let d = self.decide(&jobs, &t, &resolved);
+            let idle = matches!(d, Decision::Queue)
+                && jobs.get(&t.job_id).is_some_and(|w| w.starts_at_once(&t));
+            (d, idle)
         };
         let mut handler = match first {
             Decision::Refuse(r) => return Err(r),
             Decision::NewWorker { .. } => Some(self.build_handler(&t, &resolved)?),
             Decision::Queue => None,
         };
-        let t = self.insert_accepted_owned(t).await?;
+        // A trigger that starts at once is journaled as running in the same write as its
+        // acceptance: one record write and one flush instead of two of each. (Should another
+        // trigger slip in first, it waits marked running; a crash then reports it as
+        // interrupted instead of running it again, never twice.)
+        let marked = idle_worker
+            || handler
+                .as_ref()
+                .is_some_and(|h: &Handler| h.key_for(&t).is_none());
+        let t = self.insert_accepted_owned(t, marked).await?;
         let written = inner.store.flush_epoch();
         let (admitted_tx, admitted_rx) = oneshot::channel();
         // Commit on the state found now; the decision can have changed while the lock was
@@ -298,7 +309,7 @@ impl Runner {
                 Decision::Queue => match jobs.get(&t.job_id) {
                     Some(w) => {
                         inner.metrics.queued.inc();
-                        w.push(Queued::new(t, Some(admitted_rx)));
+                        w.push(Queued::new(t, Some(admitted_rx), marked));
                         break None;
                     }
                     None => {
@@ -329,7 +340,7 @@ impl Runner {
                     let w = Worker::new(t.job_id, resolved.clone(), h, inner.busy_jobs.clone());
                     jobs.insert(t.job_id, w.clone());
                     inner.metrics.queued.inc();
-                    w.push(Queued::new(t, Some(admitted_rx)));
+                    w.push(Queued::new(t, Some(admitted_rx), marked));
                     self.spawn_worker(w);
                     break old.map(|(old, why)| {
                         let queued = old.stop_with(why);
@@ -341,11 +352,6 @@ impl Runner {
         if let Some((old, queued)) = victim {
             self.kill_queued(&old, queued);
         }
-        // A worker that takes the trigger at once marks it running and asks for a flush;
-        // letting it go first makes that one flush carry the acceptance too (one flush per
-        // run instead of two in a row: `durable_since` is answered by any flush that began
-        // after the acceptance was written).
-        tokio::task::yield_now().await;
         match inner.store.durable_since(written).await {
             Ok(()) => {
                 let _ = admitted_tx.send(true);
@@ -360,10 +366,10 @@ impl Runner {
         }
     }
 
-    fn insert_accepted(&self, t: &Trigger) -> Result<(), Refusal> {
+    fn insert_accepted(&self, t: &Trigger, running: bool) -> Result<(), Refusal> {
         self.inner
             .store
-            .insert_accepted(t)
+            .insert_accepted(t, running)
             .map_err(|e| self.insert_refusal(t.log_id, e))
     }
 
@@ -380,15 +386,15 @@ impl Runner {
     /// As [`Runner::insert_accepted`]; a large trigger (written to its own file and fsynced)
     /// goes through the blocking pool, off the runtime's few threads. The trigger is moved
     /// there and back, not copied.
-    async fn insert_accepted_owned(&self, t: Trigger) -> Result<Trigger, Refusal> {
+    async fn insert_accepted_owned(&self, t: Trigger, running: bool) -> Result<Trigger, Refusal> {
         if store::bulk_bytes(&t) <= store::BULK_THRESHOLD {
-            self.insert_accepted(&t)?;
+            self.insert_accepted(&t, running)?;
             return Ok(t);
         }
         let s = self.inner.store.clone();
         let id = t.log_id;
         match tokio::task::spawn_blocking(move || {
-            let r = s.insert_accepted(&t);
+            let r = s.insert_accepted(&t, running);
             (t, r)
         })
         .await
@@ -436,7 +442,7 @@ impl Runner {
         let KeyCheck::Succeeded(prev) = check else {
             return Ok(None);
         };
-        self.insert_accepted(t)?;
+        self.insert_accepted(t, false)?;
         if let Err(e) = self.inner.store.durable().await {
             self.forget(t.log_id);
             self.store_refused("flush the journal before answering /run", &e);

@@ -136,7 +136,7 @@ impl Runner {
         let jobs = lock(&self.inner.jobs);
         if jobs.get(&t.job_id).is_some_and(|cur| Arc::ptr_eq(cur, &w)) {
             self.inner.metrics.queued.inc();
-            w.push(Queued::new(t.clone(), None));
+            w.push(Queued::new(t.clone(), None, false));
             Ok(())
         } else {
             Err(Refusal::new(

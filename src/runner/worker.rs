@@ -53,6 +53,9 @@ pub(super) struct Queued {
     /// `/run` says here whether the acceptance reached the disk; `None` for triggers that were
     /// accepted before (recovery). A trigger whose `/run` was refused is never run.
     admitted: Option<oneshot::Receiver<bool>>,
+    /// `/run` wrote it to the journal as running already (it was to start at once): the
+    /// acceptance and the "running" mark are one write and one flush.
+    marked: bool,
     accepted_at: Instant,
     /// The `/run` request's span: the run's span is its child, so one trace per trigger.
     span: tracing::Span,
@@ -61,12 +64,17 @@ pub(super) struct Queued {
 }
 
 impl Queued {
-    pub(super) fn new(trigger: Trigger, admitted: Option<oneshot::Receiver<bool>>) -> Self {
+    pub(super) fn new(
+        trigger: Trigger,
+        admitted: Option<oneshot::Receiver<bool>>,
+        marked: bool,
+    ) -> Self {
         let span = tracing::Span::current();
         let wait_span = tracing::debug_span!(parent: &span, "job.queue", otel.kind = "internal");
         Self {
             trigger,
             admitted,
+            marked,
             accepted_at: Instant::now(),
             span,
             wait_span,
@@ -104,6 +112,12 @@ impl Worker {
                 self.busy_jobs.fetch_sub(1, Ordering::AcqRel);
             }
         }
+    }
+
+    /// True when a trigger pushed now would start at once, with no idempotency key to check
+    /// first: `/run` then journals it as running in the same write as its acceptance.
+    pub(super) fn starts_at_once(&self, t: &Trigger) -> bool {
+        !lock(&self.state).busy() && self.handler.key_for(t).is_none()
     }
 
     /// Admission's view of this worker.
@@ -259,6 +273,7 @@ impl Runner {
         let Queued {
             trigger,
             admitted,
+            marked,
             accepted_at,
             span,
             wait_span,
@@ -279,7 +294,7 @@ impl Runner {
             xxl.job.outcome.code = tracing::field::Empty,
             xxl.job.outcome = tracing::field::Empty,
         );
-        self.run_traced(w, trigger, admitted, accepted_at, run_span.clone())
+        self.run_traced(w, trigger, (admitted, marked), accepted_at, run_span.clone())
             .instrument(run_span)
             .await;
     }
@@ -296,10 +311,18 @@ impl Runner {
         &self,
         w: &Worker,
         t: &Trigger,
-        admitted: Option<oneshot::Receiver<bool>>,
+        (admitted, marked): (Option<oneshot::Receiver<bool>>, bool),
     ) -> Prep {
         let store = &self.inner.store;
         let key = w.handler.key_for(t);
+        if marked && key.is_none() {
+            // Journaled as running by `/run`, in the write its flush carries.
+            return if self.admitted(admitted, t.log_id).await {
+                Prep::Run
+            } else {
+                Prep::Refused
+            };
+        }
         let mut admitted = Some(admitted);
         if let Some((k, ttl)) = &key {
             if !self.admitted(admitted.take().flatten(), t.log_id).await {
@@ -340,7 +363,7 @@ impl Runner {
         &self,
         w: &Worker,
         t: Trigger,
-        admitted: Option<oneshot::Receiver<bool>>,
+        admitted: (Option<oneshot::Receiver<bool>>, bool),
         accepted_at: Instant,
         span: tracing::Span,
     ) {
@@ -528,7 +551,7 @@ mod tests {
             Arc::default(),
         );
         let t = Trigger::for_test(10);
-        store.insert_accepted(&t).unwrap();
+        store.insert_accepted(&t, false).unwrap();
         let w = Worker::new(
             t.job_id,
             Resolved::Bean {
@@ -539,7 +562,7 @@ mod tests {
         );
         let (admitted_tx, admitted_rx) = oneshot::channel();
         lock(&runner.inner.jobs).insert(t.job_id, w.clone());
-        w.push(Queued::new(t.clone(), Some(admitted_rx)));
+        w.push(Queued::new(t.clone(), Some(admitted_rx), false));
         runner.spawn_worker(w.clone());
         until("the worker took the trigger", || w.is_running()).await;
         admitted_tx.send(false).unwrap();

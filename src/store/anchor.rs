@@ -525,7 +525,7 @@ mod tests {
 
     fn finish(s: &Store, id: i64, time: i64) {
         let t = trigger(id, time);
-        s.insert_accepted(&t).unwrap();
+        s.insert_accepted(&t, false).unwrap();
         s.finish(&t, &Outcome::success(), OutcomeKind::Success, None)
             .unwrap();
     }

@@ -73,7 +73,10 @@ impl Store {
     /// A trigger whose params and GLUE source exceed [`BULK_THRESHOLD`] is first written to its
     /// own file and fsynced (file and directory), and the record names the file: the file is
     /// on disk before the record can be, so the record's flush makes both durable.
-    pub fn insert_accepted(&self, trigger: &Trigger) -> Result<()> {
+    ///
+    /// `running`: the trigger starts at once, so its record says so from the first write
+    /// (one write and one flush instead of two; the handler still starts only after the flush).
+    pub fn insert_accepted(&self, trigger: &Trigger, running: bool) -> Result<()> {
         let now = clock::now_ms();
         let bytes = bulk_bytes(trigger);
         let (rec, file) = if bytes > BULK_THRESHOLD {
@@ -89,6 +92,11 @@ impl Store {
         } else {
             (RunRecord::accepted(trigger.clone(), now), None)
         };
+        let mut rec = rec;
+        if running {
+            rec.state = RunState::Running;
+            rec.started_ms = Some(now);
+        }
         let inserted = self
             .inner
             .runs

@@ -17,15 +17,15 @@ async fn journal_outbox_and_logs_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = Store::open(dir.path(), cfg()).unwrap();
-        s.insert_accepted(&trig(1)).unwrap();
+        s.insert_accepted(&trig(1), false).unwrap();
         assert!(matches!(
-            s.insert_accepted(&trig(1)),
+            s.insert_accepted(&trig(1), false),
             Err(StoreError::Duplicate(_))
         ));
-        s.insert_accepted(&trig(2)).unwrap();
-        s.insert_accepted(&trig(-3)).unwrap();
+        s.insert_accepted(&trig(2), false).unwrap();
+        s.insert_accepted(&trig(-3), false).unwrap();
         s.mark_running(LogId(2), None).unwrap();
-        s.insert_accepted(&trig(4)).unwrap();
+        s.insert_accepted(&trig(4), false).unwrap();
         assert!(s
             .finish(&trig(4), &Outcome::success(), OutcomeKind::Success, None)
             .unwrap());
@@ -73,7 +73,7 @@ async fn a_crash_inside_finish_is_repaired_at_recovery() {
     {
         let s = Store::open(dir.path(), cfg()).unwrap();
         for id in [1, 2] {
-            s.insert_accepted(&trig(id)).unwrap();
+            s.insert_accepted(&trig(id), false).unwrap();
         }
         assert_eq!(s.check_key("k", LogId(1), ttl).unwrap(), KeyCheck::Fresh);
         s.mark_running(LogId(1), Some("k".into())).unwrap();
@@ -148,15 +148,15 @@ async fn over_budget_prunes_only_reported_runs_oldest_first() {
     c.max_bytes = 0; // always over budget
     let s = Store::open(dir.path(), c).unwrap();
     for id in 1..=20 {
-        s.insert_accepted(&trig(id)).unwrap();
+        s.insert_accepted(&trig(id), false).unwrap();
         s.append_log(LogId(id), 1, "line").unwrap();
         s.finish(&trig(id), &Outcome::success(), OutcomeKind::Success, None)
             .unwrap();
     }
     let all = s.outbox_batch(100).unwrap();
     s.ack(&all[..18]).unwrap(); // 19 and 20 still wait for the admin
-    s.insert_accepted(&trig(21)).unwrap(); // never started
-    s.insert_accepted(&trig(22)).unwrap();
+    s.insert_accepted(&trig(21), false).unwrap(); // never started
+    s.insert_accepted(&trig(22), false).unwrap();
     s.mark_running(LogId(22), None).unwrap(); // running
     s.flush_now().unwrap(); // so that sled's files have a size
     let first = s.prune(None).unwrap();
@@ -189,7 +189,7 @@ async fn idempotency_keys_hold_release_and_remember_success() {
     let s = Store::open(dir.path(), cfg()).unwrap();
     let ttl = Duration::from_secs(60);
     assert_eq!(s.check_key("k", LogId(1), ttl).unwrap(), KeyCheck::Fresh);
-    s.insert_accepted(&trig(1)).unwrap();
+    s.insert_accepted(&trig(1), false).unwrap();
     s.mark_running(LogId(1), Some("k".into())).unwrap();
     assert_eq!(
         s.check_key("k", LogId(2), ttl).unwrap(),
@@ -198,7 +198,7 @@ async fn idempotency_keys_hold_release_and_remember_success() {
     s.finish(&trig(1), &Outcome::fail("no"), OutcomeKind::Failed, None)
         .unwrap();
     assert_eq!(s.check_key("k", LogId(3), ttl).unwrap(), KeyCheck::Fresh);
-    s.insert_accepted(&trig(3)).unwrap();
+    s.insert_accepted(&trig(3), false).unwrap();
     s.mark_running(LogId(3), Some("k".into())).unwrap();
     s.finish(&trig(3), &Outcome::success(), OutcomeKind::Success, None)
         .unwrap();
@@ -240,7 +240,7 @@ async fn large_params_live_in_a_file_until_the_run_ends_durably() {
     assert_eq!(mode(&bulk_dir), 0o700);
 
     // Small params (up to the threshold) stay in the record, as before: no file.
-    s.insert_accepted(&big(1, BULK_THRESHOLD)).unwrap();
+    s.insert_accepted(&big(1, BULK_THRESHOLD), false).unwrap();
     assert!(bulk_files(dir.path()).is_empty());
     assert_eq!(
         s.run(LogId(1))
@@ -254,7 +254,7 @@ async fn large_params_live_in_a_file_until_the_run_ends_durably() {
     );
 
     let t = big(2, 4 << 20);
-    s.insert_accepted(&t).unwrap();
+    s.insert_accepted(&t, false).unwrap();
     let files = bulk_files(dir.path());
     assert_eq!(files.len(), 1);
     assert!(files[0].starts_with("2."), "{files:?}");
@@ -287,9 +287,9 @@ async fn large_params_live_in_a_file_until_the_run_ends_durably() {
     assert!(raw_len(&s, 3) < 1024);
 
     // A refused trigger's file goes with its record; a racing duplicate removes only its own.
-    s.insert_accepted(&big(4, 1 << 20)).unwrap();
+    s.insert_accepted(&big(4, 1 << 20), false).unwrap();
     assert!(matches!(
-        s.insert_accepted(&big(4, 1 << 20)),
+        s.insert_accepted(&big(4, 1 << 20), false),
         Err(StoreError::Duplicate(_))
     ));
     assert_eq!(bulk_files(dir.path()).len(), 1);
@@ -304,7 +304,7 @@ async fn large_params_live_in_a_file_until_the_run_ends_durably() {
         source: "#".repeat(1 << 20),
         updated: 9,
     };
-    s.insert_accepted(&g).unwrap();
+    s.insert_accepted(&g, false).unwrap();
     assert!(raw_len(&s, 5) < 1024);
     assert_eq!(bulk_files(dir.path()).len(), 1);
 }
@@ -323,11 +323,11 @@ async fn large_triggers_survive_a_restart_while_queued() {
     };
     {
         let s = Store::open(dir.path(), cfg()).unwrap();
-        s.insert_accepted(&t).unwrap();
-        s.insert_accepted(&g).unwrap();
-        s.insert_accepted(&big(3, 1 << 20)).unwrap();
+        s.insert_accepted(&t, false).unwrap();
+        s.insert_accepted(&g, false).unwrap();
+        s.insert_accepted(&big(3, 1 << 20), false).unwrap();
         s.mark_running(LogId(3), None).unwrap();
-        s.insert_accepted(&big(4, 1 << 20)).unwrap();
+        s.insert_accepted(&big(4, 1 << 20), false).unwrap();
         s.durable().await.unwrap();
     }
     let gone = bulk_files(dir.path())
@@ -356,8 +356,8 @@ async fn orphan_params_files_are_removed_at_open() {
     let bulk_dir = dir.path().join("store").join(BULK_DIR);
     {
         let s = Store::open(dir.path(), cfg()).unwrap();
-        s.insert_accepted(&big(1, 1 << 20)).unwrap(); // stays queued
-        s.insert_accepted(&big(2, 1 << 20)).unwrap();
+        s.insert_accepted(&big(1, 1 << 20), false).unwrap(); // stays queued
+        s.insert_accepted(&big(2, 1 << 20), false).unwrap();
         s.finish(
             &big(2, 1 << 20),
             &Outcome::success(),
@@ -389,7 +389,7 @@ async fn concurrent_durable_calls_share_flushes() {
     for i in 0..64 {
         let s = s.clone();
         set.spawn(async move {
-            s.insert_accepted(&trig(i)).unwrap();
+            s.insert_accepted(&trig(i), false).unwrap();
             s.durable().await.unwrap();
         });
     }
@@ -774,7 +774,7 @@ async fn a_half_migrated_store_migrates_again_at_open() {
         let s = Store::open(dir.path(), cfg()).unwrap();
         assert_eq!(schema_of(&s), 2u64.to_be_bytes());
         for id in 1..=6 {
-            s.insert_accepted(&trig(id)).unwrap();
+            s.insert_accepted(&trig(id), false).unwrap();
         }
         s.mark_running(LogId(2), None).unwrap();
         for id in 3..=5 {
@@ -903,7 +903,7 @@ async fn a_schema_1_params_file_is_read_back() {
     let t = big(5, BULK_THRESHOLD + 1);
     {
         let s = Store::open(dir.path(), cfg()).unwrap();
-        s.insert_accepted(&t).unwrap();
+        s.insert_accepted(&t, false).unwrap();
         s.durable().await.unwrap();
         let files = bulk_files(dir.path());
         let path = dir.path().join("store").join(BULK_DIR).join(&files[0]);
