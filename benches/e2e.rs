@@ -76,6 +76,28 @@ struct Exec {
     _dir: tempfile::TempDir,
 }
 
+impl Exec {
+    /// Bytes the store's files take on disk (allocated blocks, so sparse files count for
+    /// what they use).
+    fn store_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fn walk(p: &std::path::Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(p) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.blocks() * 512,
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self._dir.path().join("data").join("store"))
+    }
+}
+
 impl Drop for Exec {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -377,7 +399,8 @@ async fn run() {
         let admin = fake_admin().await;
         let (ex, _) = start_exec(admin.addr, extra);
         let pid = ex.child.id();
-        let (flushes0, written0) = (flushes(ex.addr).await, write_bytes(pid));
+        let (flushes0, written0, size0) =
+            (flushes(ex.addr).await, write_bytes(pid), ex.store_bytes());
         let start = Instant::now();
         let load = drive(ex.addr, runs, conns, jobs, 1).await;
         let done = wait_callbacks(&admin, load.accepted, Duration::from_secs(300)).await;
@@ -386,9 +409,10 @@ async fn run() {
         // What the store cost per run: the figures behind "what bounds the throughput".
         let per_run = |a: u64, b: u64| b.saturating_sub(a) as f64 / load.accepted.max(1) as f64;
         println!(
-            "{name}: {:.2} flushes and {:.0} bytes written to disk per run",
+            "{name}: {:.2} flushes and {:.0} bytes written to disk per run; store {:.0} bytes on disk per run (before retention)",
             per_run(flushes0, flushes(ex.addr).await),
             per_run(written0, write_bytes(pid)),
+            per_run(size0, ex.store_bytes()),
         );
         println!(
             "{name}: /run {:.0}/s (p50 {}, p99 {}), {} accepted; end to end (accepted -> callback acknowledged) {:.0} runs/s{}; peak RSS {} kB",
