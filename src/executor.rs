@@ -542,8 +542,10 @@ fn is_storage_fault(e: &std::io::Error) -> bool {
 }
 
 /// Puts a run's output on disk at most `every` after it was written, so that a crash keeps it
-/// (the Java executor's log file outlives its process too). Flushes only when a line is waiting:
-/// an idle executor writes nothing.
+/// (the Java executor's log file outlives its process too). Flushes only when a line has waited
+/// that long and no other flush (a `/run`'s, an outcome's) has carried it meanwhile: an idle
+/// executor writes nothing, and a busy one adds no flush of its own. Looks four times per
+/// period, so a line waits at most `every`.
 async fn flush_logs(
     store: Store,
     logs: RunLogs,
@@ -551,10 +553,14 @@ async fn flush_logs(
     every: Duration,
     stop: CancellationToken,
 ) {
+    let tick = (every / 4).max(Duration::from_millis(1));
     loop {
         tokio::select! {
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(tick) => {}
             () = stop.cancelled() => return,
+        }
+        if !logs.take_due(every.saturating_sub(tick)) {
+            continue;
         }
         logs.save_all();
         if logs.unflushed() {

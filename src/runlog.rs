@@ -51,6 +51,9 @@ struct Shared {
     /// before any: lines are on disk once the store has completed a flush after that epoch.
     last_write: Arc<AtomicU64>,
     live: Mutex<HashMap<LogId, Weak<LogInner>>>,
+    /// When the oldest line that may not be on disk yet was written (`None`: every line
+    /// written so far was looked at by the log flusher).
+    dirty_since: Arc<Mutex<Option<tokio::time::Instant>>>,
     /// Called when a line cannot be written (counted and logged by the owner).
     on_error: Box<dyn Fn(&StoreError) + Send + Sync>,
 }
@@ -78,6 +81,7 @@ struct LogInner {
     cap: u64,
     truncated: AtomicBool,
     last_write: Arc<AtomicU64>,
+    dirty_since: Arc<Mutex<Option<tokio::time::Instant>>>,
 }
 
 /// Lines written but not yet in the store.
@@ -105,6 +109,7 @@ impl RunLogs {
                 cap,
                 last_write: Arc::new(AtomicU64::new(0)),
                 live: Mutex::new(HashMap::new()),
+                dirty_since: Arc::default(),
                 on_error: Box::new(on_error),
             }),
         }
@@ -137,6 +142,7 @@ impl RunLogs {
             used: AtomicU64::new(0),
             cap: self.inner.cap,
             last_write: self.inner.last_write.clone(),
+            dirty_since: self.inner.dirty_since.clone(),
             truncated: AtomicBool::new(false),
         });
         live.insert(log_id, Arc::downgrade(&inner));
@@ -159,6 +165,19 @@ impl RunLogs {
         let l = lock(&self.inner.live).get(&log_id).and_then(Weak::upgrade);
         if let Some(l) = l {
             l.save();
+        }
+    }
+
+    /// True when a line has waited at least `age` since it was written and the log flusher
+    /// has not looked at it; the flusher then saves and flushes what is still waiting.
+    pub(crate) fn take_due(&self, age: std::time::Duration) -> bool {
+        let mut since = lock(&self.inner.dirty_since);
+        match *since {
+            Some(t) if t.elapsed() >= age => {
+                *since = None;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -227,6 +246,7 @@ impl RunLog {
     /// Buffers `text` as one line or more: split at newlines (a stored line never holds one)
     /// and at [`MAX_LINE_BYTES`].
     fn append(&self, text: &str) {
+        lock(&self.inner.dirty_since).get_or_insert_with(tokio::time::Instant::now);
         let mut p = lock(&self.inner.pending);
         for part in text.split('\n') {
             let mut rest = part;
@@ -394,6 +414,20 @@ mod tests {
             .unwrap()
             .map(|p| p.lines)
             .unwrap_or_default()
+    }
+
+    /// The log flusher's clock: a line is due once it has waited, and only once.
+    #[tokio::test(start_paused = true)]
+    async fn a_line_is_due_once_it_has_waited() {
+        let (_d, _store, logs) = logs(1 << 20).await;
+        let wait = std::time::Duration::from_millis(750);
+        assert!(!logs.take_due(std::time::Duration::ZERO), "nothing written");
+        logs.open(LogId(9)).note("x");
+        assert!(!logs.take_due(wait));
+        tokio::time::advance(wait).await;
+        logs.open(LogId(9)).note("y");
+        assert!(logs.take_due(wait), "the first line has waited");
+        assert!(!logs.take_due(std::time::Duration::ZERO), "taken");
     }
 
     /// Issue 9 #5: a handler's late write and the reporter's "callback finish" used two
