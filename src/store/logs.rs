@@ -1,10 +1,18 @@
 //! Run logs, in one tree keyed by (logId, first line of a chunk).
 //!
 //! A value is a chunk of consecutive lines: a `0x00` byte, then the lines joined by `\n`
-//! (stored lines never hold a `\n`: the run log splits them). A run's output is written as a
-//! few chunks instead of a key per line: every key is a sled write with its own framing, and a
-//! typical run's five lines cost five of them. A value without the leading `0x00` is one line
-//! as schema 1 stored it, so logs written by an older release read as they are.
+//! (stored lines never hold a `\n`: the run log splits them), with the executor's own
+//! reference phrases as one byte each ([`PHRASES`]). A run's output is written as a few chunks
+//! instead of a key per line: every key is a sled write with its own framing, and a typical
+//! run's five lines cost five of them. The phrases are most of a short run's log (the start,
+//! end and callback lines are ~100 bytes each of fixed text), and every byte of a flush that
+//! crosses a page boundary costs a second 4 KiB page on the flash. A value without the leading
+//! `0x00` is one line as schema 1 stored it, so logs written by an older release read as they
+//! are.
+//!
+//! In a chunk's text, a byte `0x11 + i` stands for `PHRASES[i]`, and `0x1F` escapes the byte
+//! after it (handler output that holds a byte in `0x11..=0x1F` keeps it). The table is part of
+//! the on-disk format: append to it, never change or reorder it.
 
 use super::records::log_key;
 use super::{Result, Store};
@@ -12,6 +20,72 @@ use crate::job::LogId;
 
 /// Marks a value as a chunk of lines (a schema-1 value is one line of text).
 const CHUNK: u8 = 0x00;
+
+/// The first phrase's byte.
+const PHRASE_BASE: u8 = 0x11;
+
+/// Escapes the byte after it.
+const ESCAPE: u8 = 0x1F;
+
+/// The executor's own phrases (see `runlog.rs`), longest and most specific first: the encoder
+/// takes the first that matches. At most 14 (`0x11..=0x1E`).
+const PHRASES: [&str; 12] = [
+    " [xxl-edge] <br>----------- xxl-job job execute start -----------<br>----------- Param:",
+    " [xxl-edge] <br>----------- xxl-job job execute end(finish) -----------<br>----------- Result: handleCode=",
+    ", handleMsg = ",
+    " [xxl-edge] <br>----------- xxl-job job callback finish.",
+    " [xxl-edge] <br>----------- xxl-edge trace_id=",
+    " [xxl-edge] <br>----------- xxl-job job execute timeout",
+    " [xxl-edge] <br>----------- JobThread toStop, stopReason:",
+    " [xxl-edge] <br>----------- JobThread Exception:",
+    "<br>----------- xxl-job job execute end(error) -----------",
+    " [xxl-edge] <br>----------- xxl-job job callback ",
+    " [xxl-edge] <br>----------- ",
+    " [xxl-edge] ",
+];
+
+/// Appends `text` to `out`, each phrase of [`PHRASES`] as its byte.
+fn encode_into(out: &mut Vec<u8>, text: &str) {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        // Every phrase starts with one of these; most bytes are decided here.
+        if matches!(c, b' ' | b',' | b'<') {
+            let rest = &b[i..];
+            if let Some(n) = PHRASES.iter().position(|p| rest.starts_with(p.as_bytes())) {
+                out.push(PHRASE_BASE + n as u8);
+                i += PHRASES[n].len();
+                continue;
+            }
+        }
+        if (PHRASE_BASE..=ESCAPE).contains(&c) {
+            out.push(ESCAPE);
+        }
+        out.push(c);
+        i += 1;
+    }
+}
+
+/// The text of one encoded line.
+fn decode(line: &[u8]) -> String {
+    let mut out = Vec::with_capacity(line.len() * 2);
+    let mut it = line.iter();
+    while let Some(&c) = it.next() {
+        match c {
+            ESCAPE => out.extend(it.next()),
+            c if (PHRASE_BASE..ESCAPE).contains(&c) => {
+                match PHRASES.get(usize::from(c - PHRASE_BASE)) {
+                    Some(p) => out.extend_from_slice(p.as_bytes()),
+                    // A byte this build has no phrase for (a newer release wrote it): kept.
+                    None => out.push(c),
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
 
 /// A page of a run's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,15 +96,25 @@ pub struct LogPage {
     pub to: u32,
 }
 
-/// The lines of a stored value, in order.
-fn chunk_lines(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+/// The lines of a stored value, in order, as stored (see [`line_text`]).
+fn chunk_lines(v: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
     let (body, chunk) = match v.split_first() {
         Some((&CHUNK, rest)) => (rest, true),
         _ => (v, false),
     };
-    let mut parts = body.split(move |&b| chunk && b == b'\n');
+    // An escaped byte is never `\n` (it is in `0x11..=0x1F`), so a plain split is right.
     // `split` on a predicate that never matches yields the whole value once.
-    std::iter::from_fn(move || parts.next())
+    body.split(move |&b| chunk && b == b'\n')
+        .map(move |l| (l, chunk))
+}
+
+/// A stored line's text: a chunk's line is decoded, a schema-1 line is taken as it is.
+fn line_text((line, encoded): (&[u8], bool)) -> String {
+    if encoded {
+        decode(line)
+    } else {
+        String::from_utf8_lossy(line).into_owned()
+    }
 }
 
 fn first_line(key: &[u8]) -> u32 {
@@ -63,7 +147,7 @@ impl Store {
             if i > 0 {
                 v.push(b'\n');
             }
-            v.extend_from_slice(l.as_ref().as_bytes());
+            encode_into(&mut v, l.as_ref());
         }
         self.inner.logs.insert(log_key(id, first), v)?;
         Ok(())
@@ -138,7 +222,7 @@ impl Store {
                 if n < from {
                     continue;
                 }
-                let mut text = String::from_utf8_lossy(line).into_owned();
+                let mut text = line_text(line);
                 if !lines.is_empty()
                     && (lines.len() >= max_lines || bytes + text.len() + 1 > max_bytes)
                 {
@@ -180,7 +264,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::chunk_lines;
+    use super::{chunk_lines, encode_into, line_text, CHUNK};
     use crate::job::LogId;
     use crate::store::Store;
 
@@ -207,14 +291,48 @@ mod tests {
         assert_eq!(page.to, 2);
     }
 
+    fn lines(v: &[u8]) -> Vec<String> {
+        chunk_lines(v).map(line_text).collect()
+    }
+
     #[test]
     fn values_of_both_schemas_split_into_lines() {
-        let got: Vec<&[u8]> = chunk_lines(b"\0a\n\nb").collect();
-        assert_eq!(got, vec![&b"a"[..], b"", b"b"]);
+        assert_eq!(lines(b"\0a\n\nb"), ["a", "", "b"]);
         // Schema 1: one line, newlines and all.
-        let got: Vec<&[u8]> = chunk_lines(b"one\nline").collect();
-        assert_eq!(got, vec![&b"one\nline"[..]]);
-        let got: Vec<&[u8]> = chunk_lines(b"\0").collect();
-        assert_eq!(got, vec![&b""[..]]);
+        assert_eq!(lines(b"one\nline"), ["one\nline"]);
+        assert_eq!(lines(b"\0"), [""]);
+    }
+
+    #[test]
+    fn phrases_shrink_the_reference_lines_and_any_text_comes_back_whole() {
+        let start = "2026-11-28 21:00:00 [xxl-edge] <br>----------- xxl-job job execute start -----------<br>----------- Param:null";
+        let end = "2026-11-28 21:00:00 [xxl-edge] <br>----------- xxl-job job execute end(finish) -----------<br>----------- Result: handleCode=200, handleMsg = null";
+        let mut v = vec![CHUNK];
+        encode_into(&mut v, start);
+        v.push(b'\n');
+        encode_into(&mut v, end);
+        assert!(v.len() < 60, "{} bytes", v.len());
+        assert_eq!(lines(&v), [start, end]);
+        // Output that holds the phrase bytes, the escape, phrases cut short and multi-byte text.
+        let odd = [
+            "\u{11}\u{1e}\u{1f}\u{1f}x\u{10}\u{20}",
+            " [xxl-edge",
+            "<br>----------- ",
+            "é [xxl-edge] ü, handleMsg = 中",
+            "",
+        ];
+        for text in odd {
+            let mut v = vec![CHUNK];
+            encode_into(&mut v, text);
+            assert_eq!(lines(&v), [text], "{v:?}");
+        }
+        // Every byte value, in and out.
+        let all: String = (0u8..=0x7f)
+            .filter(|&b| b != b'\n')
+            .map(char::from)
+            .collect();
+        let mut v = vec![CHUNK];
+        encode_into(&mut v, &all);
+        assert_eq!(lines(&v), [all]);
     }
 }
