@@ -418,6 +418,8 @@ impl Executor {
         if let Some(m) = metrics_server {
             let _ = m.await;
         }
+        // Lines still buffered (a handler that outlived the shutdown grace writes no more).
+        self.logs.save_all();
         let (store, runner) = (self.store.clone(), self.runner.clone());
         let dir = self.config.executor.data_dir.clone();
         tokio::task::spawn_blocking(move || {
@@ -559,11 +561,7 @@ async fn flush_logs(
             () = tokio::time::sleep(tick) => {}
             () = stop.cancelled() => return,
         }
-        if !logs.take_due(every.saturating_sub(tick)) {
-            continue;
-        }
-        logs.save_all();
-        if logs.unflushed() {
+        if logs.due(every.saturating_sub(tick)) {
             if let Err(e) = store.synced().await {
                 internal_error!(metrics, Op::Flush, e, "Cannot flush run logs.");
             }

@@ -12,9 +12,11 @@
 //! log flusher at most `store.log_flush_ms` after they were written. A line waits in memory at
 //! most that long, which is the bound the README promises for a crash.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+
+use tokio::time::Instant;
 
 use crate::clock;
 use crate::handler::LogSink;
@@ -51,9 +53,9 @@ struct Shared {
     /// before any: lines are on disk once the store has completed a flush after that epoch.
     last_write: Arc<AtomicU64>,
     live: Mutex<HashMap<LogId, Weak<LogInner>>>,
-    /// When the oldest line that may not be on disk yet was written (`None`: every line
-    /// written so far was looked at by the log flusher).
-    dirty_since: Arc<Mutex<Option<tokio::time::Instant>>>,
+    /// Chunks written to the store that may not be on disk yet: the flush epoch read after
+    /// each write, with when its oldest line was written (one entry per epoch).
+    unflushed_writes: Arc<Mutex<VecDeque<(u64, Instant)>>>,
     /// Called when a line cannot be written (counted and logged by the owner).
     on_error: Box<dyn Fn(&StoreError) + Send + Sync>,
 }
@@ -81,7 +83,7 @@ struct LogInner {
     cap: u64,
     truncated: AtomicBool,
     last_write: Arc<AtomicU64>,
-    dirty_since: Arc<Mutex<Option<tokio::time::Instant>>>,
+    unflushed_writes: Arc<Mutex<VecDeque<(u64, Instant)>>>,
 }
 
 /// Lines written but not yet in the store.
@@ -89,6 +91,8 @@ struct Pending {
     /// The number the next line gets.
     next: u32,
     lines: Vec<String>,
+    /// When the oldest buffered line was written.
+    since: Option<Instant>,
     bytes: usize,
 }
 
@@ -109,7 +113,7 @@ impl RunLogs {
                 cap,
                 last_write: Arc::new(AtomicU64::new(0)),
                 live: Mutex::new(HashMap::new()),
-                dirty_since: Arc::default(),
+                unflushed_writes: Arc::default(),
                 on_error: Box::new(on_error),
             }),
         }
@@ -137,12 +141,13 @@ impl RunLogs {
             pending: Mutex::new(Pending {
                 next: last.saturating_add(1),
                 lines: Vec::new(),
+                since: None,
                 bytes: 0,
             }),
             used: AtomicU64::new(0),
             cap: self.inner.cap,
             last_write: self.inner.last_write.clone(),
-            dirty_since: self.inner.dirty_since.clone(),
+            unflushed_writes: self.inner.unflushed_writes.clone(),
             truncated: AtomicBool::new(false),
         });
         live.insert(log_id, Arc::downgrade(&inner));
@@ -168,17 +173,31 @@ impl RunLogs {
         }
     }
 
-    /// True when a line has waited at least `age` since it was written and the log flusher
-    /// has not looked at it; the flusher then saves and flushes what is still waiting.
-    pub(crate) fn take_due(&self, age: std::time::Duration) -> bool {
-        let mut since = lock(&self.inner.dirty_since);
-        match *since {
-            Some(t) if t.elapsed() >= age => {
-                *since = None;
-                true
+    /// True when a line written at least `age` ago may not be on disk yet: the log flusher
+    /// then flushes. Lines buffered that long are written to the store first. Lines that a
+    /// flush since then carried (a `/run`'s, an outcome's) do not count, so a busy executor
+    /// adds no flush of its own, and an idle one none at all.
+    pub(crate) fn due(&self, age: std::time::Duration) -> bool {
+        let live: Vec<_> = lock(&self.inner.live)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for l in live {
+            let mut p = lock(&l.pending);
+            if p.since.is_some_and(|t| t.elapsed() >= age) {
+                l.write_locked(&mut p);
             }
-            _ => false,
         }
+        let mut w = lock(&self.inner.unflushed_writes);
+        while w
+            .front()
+            .is_some_and(|(e, _)| self.inner.store.is_flushed(*e))
+        {
+            w.pop_front();
+        }
+        // Entries are in epoch order; their times need not be (a chunk buffered long is
+        // written late), so every waiting one is looked at.
+        w.iter().any(|(_, t)| t.elapsed() >= age)
     }
 
     /// True when a line was written that no completed flush has put on disk yet (call
@@ -215,6 +234,13 @@ impl LogInner {
         // that began before may have missed it).
         let epoch = self.store.flush_epoch();
         self.last_write.fetch_max(epoch + 1, Ordering::AcqRel);
+        let since = p.since.take().unwrap_or_else(Instant::now);
+        let mut w = lock(&self.unflushed_writes);
+        match w.back_mut() {
+            Some((e, t)) if *e == epoch => *t = (*t).min(since),
+            _ => w.push_back((epoch, since)),
+        }
+        drop(w);
         p.lines.clear();
         p.bytes = 0;
         if let Err(e) = res {
@@ -246,8 +272,8 @@ impl RunLog {
     /// Buffers `text` as one line or more: split at newlines (a stored line never holds one)
     /// and at [`MAX_LINE_BYTES`].
     fn append(&self, text: &str) {
-        lock(&self.inner.dirty_since).get_or_insert_with(tokio::time::Instant::now);
         let mut p = lock(&self.inner.pending);
+        p.since.get_or_insert_with(Instant::now);
         for part in text.split('\n') {
             let mut rest = part;
             loop {
@@ -419,15 +445,27 @@ mod tests {
     /// The log flusher's clock: a line is due once it has waited, and only once.
     #[tokio::test(start_paused = true)]
     async fn a_line_is_due_once_it_has_waited() {
-        let (_d, _store, logs) = logs(1 << 20).await;
+        let (_d, store, logs) = logs(1 << 20).await;
         let wait = std::time::Duration::from_millis(750);
-        assert!(!logs.take_due(std::time::Duration::ZERO), "nothing written");
+        assert!(!logs.due(std::time::Duration::ZERO), "nothing written");
+        // A line of a run that goes on (buffered), and one of a log nobody holds (written).
+        let running = logs.open(LogId(8));
+        running.write_line("buffered");
         logs.open(LogId(9)).note("x");
-        assert!(!logs.take_due(wait));
+        assert!(!logs.due(wait), "nothing has waited yet");
         tokio::time::advance(wait).await;
-        logs.open(LogId(9)).note("y");
-        assert!(logs.take_due(wait), "the first line has waited");
-        assert!(!logs.take_due(std::time::Duration::ZERO), "taken");
+        assert!(logs.due(wait), "both have waited");
+        assert!(logs.unflushed());
+        store.synced().await.unwrap();
+        assert!(!logs.due(std::time::Duration::ZERO), "a flush carried them");
+        // A flush that some other writer asks for takes the flusher's work away.
+        running.write_line("more");
+        running.save();
+        store.synced().await.unwrap();
+        tokio::time::advance(wait).await;
+        assert!(!logs.due(wait), "carried by another flush");
+        let got = lines(&store, &logs, 8);
+        assert_eq!(got, ["buffered", "more"]);
     }
 
     /// Issue 9 #5: a handler's late write and the reporter's "callback finish" used two
