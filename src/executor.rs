@@ -4,7 +4,6 @@
 //! their grace, kill the rest, deliver callbacks, flush.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -322,11 +321,18 @@ impl Executor {
         ));
         let maintenance = tokio::spawn(maintain(
             self.store.clone(),
-            self.runner.clone(),
             self.metrics.clone(),
             self.config.clone(),
             background.clone(),
         ));
+        let state_server = bind_state_socket(&self.config.executor.data_dir).map(|l| {
+            tokio::spawn(serve_state(
+                l,
+                self.store.clone(),
+                self.runner.clone(),
+                background.clone(),
+            ))
+        });
 
         let metrics_server = match metrics_listener {
             Some((l, addr)) => {
@@ -397,6 +403,10 @@ impl Executor {
         background.cancel();
         let _ = reporter.await;
         let _ = maintenance.await;
+        if let Some(t) = state_server {
+            let _ = t.await;
+        }
+        let _ = std::fs::remove_file(self.config.executor.data_dir.join(STATE_SOCKET));
         let _ = log_flusher.await;
         let _ = watchdog.await;
         let deadline = Instant::now() + self.config.admin.timeout * 2 + Duration::from_secs(1);
@@ -420,18 +430,14 @@ impl Executor {
         }
         // Lines still buffered (a handler that outlived the shutdown grace writes no more).
         self.logs.save_all();
-        let (store, runner) = (self.store.clone(), self.runner.clone());
-        let dir = self.config.executor.data_dir.clone();
-        tokio::task::spawn_blocking(move || {
-            let _ = Snapshot::take(&store, &runner, store.size_on_disk()).write(&dir);
-            store.flush_now().and_then(|()| store.seal_anchor())
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?
-        .map_err(|e| match self.store.fault() {
-            Some(f) => Error::StoreFailed(f.to_string()),
-            None => Error::Store(e),
-        })?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush_now().and_then(|()| store.seal_anchor()))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+            .map_err(|e| match self.store.fault() {
+                Some(f) => Error::StoreFailed(f.to_string()),
+                None => Error::Store(e),
+            })?;
         tracing::info!("xxl-edge stopped.");
         Ok(())
     }
@@ -569,22 +575,15 @@ async fn flush_logs(
     }
 }
 
-/// Retention (hourly), the store's size for `/metrics`, and the state snapshot that
-/// `xxl-edge state` reads while the executor holds the store's lock. Everything that touches
-/// files runs on the blocking pool: a device runtime has one or two worker threads.
-async fn maintain(
-    store: Store,
-    runner: Runner,
-    metrics: Metrics,
-    config: Config,
-    stop: CancellationToken,
-) {
+/// Retention (hourly), the store's size for `/metrics`, free space, and the integrity anchor.
+/// Everything that touches files runs on the blocking pool: a device runtime has one or two
+/// worker threads.
+async fn maintain(store: Store, metrics: Metrics, config: Config, stop: CancellationToken) {
     let retention = (config.executor.log_retention_days > 0)
         .then(|| Duration::from_secs(u64::from(config.executor.log_retention_days) * 86_400));
     let mut last_prune: Option<Instant> = None;
     let mut over_budget = false;
     let mut disk_low = false;
-    let mut last_snapshot: Option<Snapshot> = None;
     loop {
         let s = store.clone();
         let size = tokio::task::spawn_blocking(move || s.size_on_disk())
@@ -635,18 +634,6 @@ async fn maintain(
                 "Cannot write the store's integrity anchor."
             );
         }
-        // Written only when it changed: an idle executor writes nothing (flash wear).
-        let snap = Snapshot::take(&store, &runner, size);
-        if last_snapshot.as_ref() != Some(&snap) {
-            let (to_write, dir) = (snap.clone(), config.executor.data_dir.clone());
-            match tokio::task::spawn_blocking(move || to_write.write(&dir)).await {
-                Ok(Ok(())) => last_snapshot = Some(snap),
-                Ok(Err(e)) => {
-                    internal_error!(metrics, Op::Snapshot, e, "Cannot write the state snapshot.")
-                }
-                Err(e) => internal_error!(metrics, Op::TaskPanic, e, "The snapshot task failed."),
-            }
-        }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
             () = stop.cancelled() => return,
@@ -654,17 +641,84 @@ async fn maintain(
     }
 }
 
-/// File name of the snapshot in the data directory.
-pub const SNAPSHOT_FILE: &str = "state.json";
+/// The Unix socket in the data directory on which a running executor tells `xxl-edge state`
+/// what it is doing. Asked, not written: a snapshot file rewritten every few seconds was a
+/// steady trickle of flash writes while runs came in.
+pub const STATE_SOCKET: &str = "state.sock";
+
+/// What earlier releases wrote instead of answering on [`STATE_SOCKET`]; removed at start so
+/// that nobody reads a stale one.
+const OLD_SNAPSHOT_FILE: &str = "state.json";
+
+/// Binds [`STATE_SOCKET`] (owner only: it shows job ids and outcomes). The executor holds the
+/// store's lock, so a socket file left by a killed executor is stale and replaced. Without it
+/// the executor runs on and `state` says it cannot ask.
+fn bind_state_socket(data_dir: &std::path::Path) -> Option<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = data_dir.join(STATE_SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(data_dir.join(OLD_SNAPSHOT_FILE));
+    let bound = tokio::net::UnixListener::bind(&path).and_then(|l| {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(l)
+    });
+    match bound {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "Cannot listen for `xxl-edge state`; it will not see this executor's runs.");
+            None
+        }
+    }
+}
+
+/// Answers each connection with a [`Snapshot`] as one JSON document, one connection at a time
+/// (a local, owner-only socket: nobody else can knock).
+async fn serve_state(
+    listener: tokio::net::UnixListener,
+    store: Store,
+    runner: Runner,
+    stop: CancellationToken,
+) {
+    use tokio::io::AsyncWriteExt;
+    loop {
+        let mut conn = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((c, _)) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "The state socket failed; `xxl-edge state` will not see this executor's runs.");
+                    return;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        let (s, r) = (store.clone(), runner.clone());
+        let Ok(snap) = tokio::task::spawn_blocking(move || {
+            let size = s.size_on_disk();
+            Snapshot::take(&s, &r, size)
+        })
+        .await
+        else {
+            continue;
+        };
+        let mut text = snap.0.to_string();
+        text.push('\n');
+        // Bounded: a reader that does not read is dropped.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            conn.write_all(text.as_bytes()).await?;
+            conn.shutdown().await
+        })
+        .await;
+    }
+}
 
 /// What `xxl-edge state` shows of a running executor.
-#[derive(Clone, PartialEq)]
 struct Snapshot(serde_json::Value);
 
 impl Snapshot {
     /// Reads counters and the 20 most recent runs (a short, bounded scan of the journal).
     fn take(store: &Store, runner: &Runner, store_bytes: u64) -> Self {
         Self(serde_json::json!({
+            "now_ms": crate::clock::now_ms(),
             "store_bytes": store_bytes,
             "pid": std::process::id(),
             "executing": runner.executing(),
@@ -680,13 +734,6 @@ impl Snapshot {
                 "accepted_ms": r.accepted_ms,
             })).collect::<Vec<_>>(),
         }))
-    }
-
-    fn write(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        let mut v = self.0.clone();
-        v["written_ms"] = crate::clock::now_ms().into();
-        let tmp: PathBuf = dir.join(format!(".{SNAPSHOT_FILE}.tmp"));
-        crate::private_file::replace(&tmp, &dir.join(SNAPSHOT_FILE), v.to_string().as_bytes())
     }
 }
 

@@ -423,7 +423,7 @@ fn state(a: StateArgs) -> ExitCode {
 fn print_state(s: &State) {
     match s {
         State::Running { path, snapshot } => {
-            println!("executor is running; snapshot from {}:", path.display());
+            println!("executor is running; it answered on {}:", path.display());
             println!(
                 "{}",
                 serde_json::to_string_pretty(snapshot).unwrap_or_default()

@@ -1,5 +1,6 @@
 //! What `xxl-edge state` shows: read from a private copy of the store when the executor is
-//! stopped, from the snapshot the running executor writes when it holds the store's lock.
+//! stopped, asked of the running executor (on its socket in the data directory) when it holds
+//! the store's lock.
 //!
 //! Inspection never writes to the data directory: sled writes to the files it opens (its crash
 //! recovery rewrites `db`, makes a snapshot file, and on a damaged store zeroes what follows the
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::executor::SNAPSHOT_FILE;
+use crate::executor::STATE_SOCKET;
 use crate::store::{copy_store, ScratchDir, Store, StoreError};
 
 /// Why the state could not be read.
@@ -22,8 +23,8 @@ pub enum StateError {
     /// The store cannot be used (corrupt, unknown schema).
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The executor runs and its snapshot cannot be read.
-    #[error("the store is in use and no snapshot is readable: {0}")]
+    /// The executor runs and does not answer on its state socket.
+    #[error("the store is in use, but the executor holding it does not answer on {STATE_SOCKET} in the data directory: {0}")]
     Snapshot(std::io::Error),
     /// The private copy to read from could not be made (temp dir full or not writable: set
     /// TMPDIR to a directory with room for the store).
@@ -80,17 +81,17 @@ pub enum State {
         /// The most recent runs, newest first.
         recent: Vec<RunSummary>,
     },
-    /// The executor runs: its last snapshot (JSON).
+    /// The executor runs: what it answered (JSON).
     Running {
-        /// The snapshot file.
+        /// The socket it answered on.
         path: PathBuf,
-        /// Its content.
+        /// Its answer.
         snapshot: serde_json::Value,
     },
 }
 
 /// Reads the state of `data_dir`, with at most `recent` runs listed. Never waits for the
-/// store's lock: a held lock means the executor runs, and its snapshot is read instead. Never
+/// store's lock: a held lock means the executor runs, and it is asked instead. Never
 /// writes to `data_dir`: a stopped executor's store is read from a private copy (see the
 /// module's doc), checked against its integrity anchor like `serve` does.
 ///
@@ -138,12 +139,22 @@ pub fn read(data_dir: &Path, recent: usize) -> Result<State, StateError> {
             Ok(State::Stopped { counts, recent })
         }
         Err(StoreError::Locked { .. }) => {
-            let path = data_dir.join(SNAPSHOT_FILE);
-            let text = std::fs::read_to_string(&path).map_err(StateError::Snapshot)?;
+            let path = data_dir.join(STATE_SOCKET);
+            let text = ask(&path).map_err(StateError::Snapshot)?;
             let snapshot = serde_json::from_str(&text)
                 .unwrap_or_else(|_| serde_json::Value::String(text.clone()));
             Ok(State::Running { path, snapshot })
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Reads the running executor's answer on its state socket (bounded in time and size).
+fn ask(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let conn = std::os::unix::net::UnixStream::connect(path)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut text = String::new();
+    conn.take(1 << 20).read_to_string(&mut text)?;
+    Ok(text)
 }

@@ -383,14 +383,18 @@ async fn state_reads_the_store_while_stopped_and_a_corrupt_store_refuses_to_star
     admin
         .wait_until("callback", |a| a.delivered().contains_key(&1))
         .await;
-    // While running: the snapshot.
+    // While running: asked on its socket, which answers with the run it has just reported;
+    // nothing is written to the data directory for it.
     let out = Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
         .args(["state", "--data-dir"])
         .arg(site.dir.join("data"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("executor is running"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("executor is running"), "{text}");
+    assert!(text.contains("\"log_id\": 1"), "{text}");
+    assert!(!site.dir.join("data/state.json").exists());
     assert_eq!(p.sigterm().await.code(), Some(0));
     // Stopped: straight from the store.
     let out = Command::new(env!("CARGO_BIN_EXE_xxl-edge"))

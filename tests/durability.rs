@@ -199,7 +199,6 @@ async fn the_data_directory_is_private_to_the_executors_user() {
     for dir in [data.clone(), data.join("store"), data.join("gluesource")] {
         assert_eq!(mode(&dir), 0o700, "{}", dir.display());
     }
-    assert_eq!(mode(&data.join("state.json")), 0o600);
     assert_eq!(mode(&data.join("store").join("db")), 0o600);
     for f in std::fs::read_dir(data.join("gluesource"))
         .unwrap()
