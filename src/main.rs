@@ -217,6 +217,7 @@ fn serve(a: ServeArgs) -> ExitCode {
     if let Some(o) = &otlp {
         tracing::info!(endpoint = %o.traces_url, service = %o.service_name, "Exporting traces over OTLP/HTTP.");
     }
+    raise_open_files(config.open_files_wanted());
     let threads = a
         .worker_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(2)));
@@ -275,6 +276,35 @@ fn serve(a: ServeArgs) -> ExitCode {
             // be inside the failed sled, and sled's destructors can hang (`store::health`). The
             // store's flush thread and lock end with the process.
             std::process::exit(EX_STORE_FAILED)
+        }
+    }
+}
+
+/// Raises the soft open-file limit to `wanted` (every connection of `server.max_connections`
+/// plus room for the store and the jobs), as far as the hard limit allows. The common soft limit
+/// of 1024 is less than the defaults want, and each connection holds a descriptor; it is raised
+/// no further than needed, since the job commands inherit it. When the hard limit is lower, the
+/// connection cap is lowered at start instead (and that is logged).
+fn raise_open_files(wanted: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft == RLIM_INFINITY || soft >= wanted {
+        return;
+    }
+    let to = if hard == RLIM_INFINITY {
+        wanted
+    } else {
+        wanted.min(hard)
+    };
+    if to <= soft {
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, to, hard) {
+        Ok(()) => tracing::info!(from = soft, to, "Raised the soft open-file limit."),
+        Err(e) => {
+            tracing::warn!(error = %e, soft, wanted, "Cannot raise the soft open-file limit.")
         }
     }
 }

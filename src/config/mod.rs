@@ -282,6 +282,18 @@ impl Config {
         })
     }
 
+    /// File descriptors kept free of connections: the store's files, the listeners, the admin
+    /// client's sockets, the log output (64), and a job process's pipes (4 each).
+    pub fn fd_reserve(&self) -> u64 {
+        64 + 4 * self.runner.max_running as u64
+    }
+
+    /// The soft open-file limit this configuration wants: every connection plus
+    /// [`Config::fd_reserve`].
+    pub fn open_files_wanted(&self) -> u64 {
+        self.server.max_connections as u64 + self.fd_reserve()
+    }
+
     /// Each key as `(key, value)` with the value it took when it was validated (secrets shown as
     /// `(set)` or `(none)`), for `check-config`. Changes made to the fields afterwards are not
     /// reflected.

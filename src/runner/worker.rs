@@ -294,9 +294,15 @@ impl Runner {
             xxl.job.outcome.code = tracing::field::Empty,
             xxl.job.outcome = tracing::field::Empty,
         );
-        self.run_traced(w, trigger, (admitted, marked), accepted_at, run_span.clone())
-            .instrument(run_span)
-            .await;
+        self.run_traced(
+            w,
+            trigger,
+            (admitted, marked),
+            accepted_at,
+            run_span.clone(),
+        )
+        .instrument(run_span)
+        .await;
     }
 
     /// Everything the journal needs before a handler may start: the trigger's admission, the
