@@ -164,3 +164,71 @@ async fn idle_connections_past_the_open_file_limit_do_not_keep_the_admin_out() {
     ex.signal(Signal::SIGTERM);
     assert_eq!(ex.exited_within(GUARD).await.unwrap().code(), Some(0));
 }
+
+/// Sends `raw` on a new connection and reads what comes back until the server closes (or 8 KiB
+/// arrived).
+async fn raw_exchange(addr: std::net::SocketAddr, raw: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 2048];
+    while out.len() < 8192 {
+        match tokio::time::timeout(GUARD, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("no close: {:?}", String::from_utf8_lossy(&out)),
+        }
+    }
+    out
+}
+
+/// Issue 10 #3: HTTP/2 is not served, neither with prior knowledge nor by upgrade (hyper is
+/// built with HTTP/1 only: the admin speaks HTTP/1.1), so the token check has no second path to
+/// cover; `GET /healthz` is served, without a token, as the README documents.
+#[tokio::test]
+async fn no_http2_and_healthz_needs_no_token() {
+    let (_admin, ex, _probe, _dir) = support::setup("").await;
+    // Prior knowledge: the connection preface and an empty SETTINGS frame.
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let out = raw_exchange(ex.addr, &preface).await;
+    // An HTTP/2 server's first frame is its SETTINGS (type 4); this answers in HTTP/1.1 or
+    // closes.
+    assert!(
+        out.is_empty() || out.starts_with(b"HTTP/1.1 "),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(out.len() < 9 || out[3] != 4, "an HTTP/2 SETTINGS frame");
+    // Upgrade: answered in HTTP/1.1, never 101 Switching Protocols.
+    let out = raw_exchange(
+        ex.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(text.ends_with("ok\n"), "{text}");
+    // The same upgrade on an RPC path meets the token check.
+    let out = raw_exchange(
+        ex.addr,
+        b"POST /beat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(text.ends_with(r#"{"code":500,"msg":"The access token is wrong."}"#), "{text}");
+    let health = ex
+        .client
+        .get(ex.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "ok\n");
+    let beat = ex.post_with("/beat", "", None).await;
+    assert_eq!(beat["msg"], "The access token is wrong.", "{beat}");
+}
