@@ -1,7 +1,8 @@
 //! The `xxl-edge` binary: `serve`, `check-config`, `trigger` and `state`.
 //!
 //! Exit codes: 0 success; 1 runtime failure (bind, I/O, a triggered run that failed);
-//! 2 the store cannot be used; 64 bad configuration or usage.
+//! 2 the store cannot be used; 64 bad configuration or usage (the argument parser's errors too);
+//! 75 storage fault (restart once it clears).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -151,7 +152,19 @@ fn load_config(a: &ConfigArgs, log_json: bool) -> Result<Config, ConfigError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap exits 2 on a usage error, which here means "store unusable".
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                // --help, --version.
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.cmd {
         Cmd::Serve(a) => serve(a),
         Cmd::CheckConfig(a) => match load_config(&a, false) {
@@ -350,6 +363,9 @@ fn print_config(c: &Config) {
             Some(d) => format!("relaxed (flush every {} ms)", d.as_millis()),
         }
     );
+    for note in c.notes() {
+        println!("note: {note}");
+    }
 }
 
 async fn trigger(a: TriggerArgs) -> ExitCode {

@@ -220,15 +220,108 @@ async fn no_http2_and_healthz_needs_no_token() {
     .await;
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
-    assert!(text.ends_with(r#"{"code":500,"msg":"The access token is wrong."}"#), "{text}");
-    let health = ex
-        .client
-        .get(ex.url("/healthz"))
-        .send()
-        .await
-        .unwrap();
+    assert!(
+        text.ends_with(r#"{"code":500,"msg":"The access token is wrong."}"#),
+        "{text}"
+    );
+    let health = ex.client.get(ex.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     assert_eq!(health.text().await.unwrap(), "ok\n");
     let beat = ex.post_with("/beat", "", None).await;
     assert_eq!(beat["msg"], "The access token is wrong.", "{beat}");
+}
+
+/// Runs the binary with `args` and only the environment given; returns (exit code, stdout,
+/// stderr).
+fn xxl_edge(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 10 #10: the argument parser's usage errors exited 2, which the README reserves for "the
+/// store cannot be used". They exit 64 (usage), as configuration errors do; help and version
+/// still exit 0.
+#[test]
+fn usage_errors_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, env) in [
+        (vec!["serve", "--port", "abc"], vec![]),
+        (vec!["serve", "--no-such-flag"], vec![]),
+        (vec!["no-such-command"], vec![]),
+        (vec![], vec![]),
+        (vec!["serve"], vec![("XXL_EDGE_WORKER_THREADS", "abc")]),
+        (vec!["trigger"], vec![]),
+    ] {
+        let (code, _, err) = xxl_edge(&args, &env, dir.path());
+        assert_eq!(code, Some(64), "{args:?} {env:?}: {err}");
+        assert!(
+            err.contains("Usage") || err.contains("error:"),
+            "{args:?}: {err}"
+        );
+    }
+    for args in [vec!["--help"], vec!["serve", "--help"], vec!["--version"]] {
+        let (code, out, _) = xxl_edge(&args, &[], dir.path());
+        assert_eq!(code, Some(0), "{args:?}");
+        assert!(!out.is_empty(), "{args:?}");
+    }
+    // Nothing was started: no data directory appeared.
+    assert!(!dir.path().join("data").exists());
+}
+
+/// Issue 10 #7, #8, #9 through `check-config`: several admins are noted as one cluster; a token
+/// that can never match and a log filter that would silence everything are refused (exit 64),
+/// and the token is never printed.
+#[test]
+fn check_config_notes_one_cluster_and_refuses_what_cannot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = xxl_edge(
+        &[
+            "check-config",
+            "--admin",
+            "http://a:8080/xxl-job-admin",
+            "--admin",
+            "http://b:8080/xxl-job-admin",
+        ],
+        &[],
+        dir.path(),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(
+            "note: admin.addresses lists 2 admins: they must be members of one admin cluster"
+        ),
+        "{out}"
+    );
+    let (_, out, _) = xxl_edge(&["check-config"], &[], dir.path());
+    assert!(!out.contains("note:"), "{out}");
+
+    for token in ["s3cr3t\nx", "s3cr3t-\u{e9}", "   ", "s3cr3t "] {
+        let (code, out, err) = xxl_edge(
+            &["check-config"],
+            &[("XXL_JOB_ACCESS_TOKEN", token)],
+            dir.path(),
+        );
+        assert_eq!(code, Some(64), "{token:?}: {out}");
+        assert!(err.contains("invalid admin.access_token"), "{err}");
+        assert!(!err.contains("s3cr3t") && !out.contains("s3cr3t"), "{err}");
+    }
+    let cfg = dir.path().join("x.toml");
+    std::fs::write(&cfg, "[telemetry]\nlog_level = \"[[[=\"\n").unwrap();
+    let (code, _, err) = xxl_edge(
+        &["check-config", "-c", cfg.to_str().unwrap()],
+        &[],
+        dir.path(),
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("invalid telemetry.log_level"), "{err}");
 }
