@@ -325,3 +325,29 @@ fn check_config_notes_one_cluster_and_refuses_what_cannot_work() {
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("invalid telemetry.log_level"), "{err}");
 }
+
+/// Issue 10 #1 over real HTTP: a request whose body stops coming is answered with the
+/// envelope at `server.body_read_timeout_secs` (and its connection closed), and the executor
+/// goes on answering.
+#[tokio::test]
+async fn a_body_that_stops_coming_is_answered_at_the_body_timeout() {
+    let (_admin, ex, _probe, _dir) =
+        support::setup("[server]\nbody_read_timeout_secs = 0.5\n").await;
+    let started = tokio::time::Instant::now();
+    let out = raw_exchange(
+        ex.addr,
+        b"POST /run HTTP/1.1\r\nHost: x\r\nXXL-JOB-ACCESS-TOKEN: default_token\r\n\
+          Content-Length: 100\r\n\r\n{\"jobId\":1,",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(
+        text.ends_with(
+            r#"{"code":500,"msg":"request error:request body not received within 0.5 s (server.body_read_timeout_secs)"}"#
+        ),
+        "{text}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert_eq!(ex.post("/beat", "").await["code"], 200);
+}
