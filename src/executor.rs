@@ -334,6 +334,9 @@ impl Executor {
             ))
         });
 
+        // One cap over both listeners; the shutdown deadline bounds how long a client can hold
+        // up the steps below.
+        let conn_limits = api::serve::ConnLimits::for_executor(&self.config);
         let metrics_server = match metrics_listener {
             Some((l, addr)) => {
                 tracing::info!(listen = %addr, "Serving /metrics.");
@@ -341,6 +344,7 @@ impl Executor {
                     l,
                     api::metrics_service(state.clone()),
                     stop_http.clone(),
+                    conn_limits.clone(),
                 )))
             }
             None => None,
@@ -373,6 +377,7 @@ impl Executor {
             listener,
             api::service(state),
             stop_http.clone(),
+            conn_limits,
         ));
         let fault = tokio::select! {
             () = stop_http.cancelled() => None,

@@ -1,7 +1,8 @@
 //! The `xxl-edge` binary: `serve`, `check-config`, `trigger` and `state`.
 //!
 //! Exit codes: 0 success; 1 runtime failure (bind, I/O, a triggered run that failed);
-//! 2 the store cannot be used; 64 bad configuration or usage.
+//! 2 the store cannot be used; 64 bad configuration or usage (the argument parser's errors too);
+//! 75 storage fault (restart once it clears).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -151,7 +152,19 @@ fn load_config(a: &ConfigArgs, log_json: bool) -> Result<Config, ConfigError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap exits 2 on a usage error, which here means "store unusable".
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                // --help, --version.
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.cmd {
         Cmd::Serve(a) => serve(a),
         Cmd::CheckConfig(a) => match load_config(&a, false) {
@@ -217,6 +230,7 @@ fn serve(a: ServeArgs) -> ExitCode {
     if let Some(o) = &otlp {
         tracing::info!(endpoint = %o.traces_url, service = %o.service_name, "Exporting traces over OTLP/HTTP.");
     }
+    raise_open_files(config.open_files_wanted());
     let threads = a
         .worker_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(2)));
@@ -279,6 +293,35 @@ fn serve(a: ServeArgs) -> ExitCode {
     }
 }
 
+/// Raises the soft open-file limit to `wanted` (every connection of `server.max_connections`
+/// plus room for the store and the jobs), as far as the hard limit allows. The common soft limit
+/// of 1024 is less than the defaults want, and each connection holds a descriptor; it is raised
+/// no further than needed, since the job commands inherit it. When the hard limit is lower, the
+/// connection cap is lowered at start instead (and that is logged).
+fn raise_open_files(wanted: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft == RLIM_INFINITY || soft >= wanted {
+        return;
+    }
+    let to = if hard == RLIM_INFINITY {
+        wanted
+    } else {
+        wanted.min(hard)
+    };
+    if to <= soft {
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, to, hard) {
+        Ok(()) => tracing::info!(from = soft, to, "Raised the soft open-file limit."),
+        Err(e) => {
+            tracing::warn!(error = %e, soft, wanted, "Cannot raise the soft open-file limit.")
+        }
+    }
+}
+
 /// How `serve` ends.
 enum Served {
     Exit(ExitCode),
@@ -320,6 +363,9 @@ fn print_config(c: &Config) {
             Some(d) => format!("relaxed (flush every {} ms)", d.as_millis()),
         }
     );
+    for note in c.notes() {
+        println!("note: {note}");
+    }
 }
 
 async fn trigger(a: TriggerArgs) -> ExitCode {

@@ -1,5 +1,7 @@
 //! Registration: every 30 s with *every* configured admin (the reference stops at the first that
-//! answers; fleets with independent admins asked for all), and `registryRemove` on shutdown.
+//! answers), and `registryRemove` on shutdown. The admins are the members of one cluster (one
+//! database, see `Config::notes`): registering with each keeps the device listed while any
+//! member is reachable.
 //! A failure is logged once when an admin is lost and once when it is regained.
 
 use std::sync::{Arc, Mutex};

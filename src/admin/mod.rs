@@ -1,9 +1,16 @@
 //! The XXL-JOB admin side: wire DTOs ([`wire`]) and the client that calls
 //! `{admin}/api/registry`, `registryRemove` and `callback`.
 //!
-//! The token header is always sent, even when empty (3.3.0–3.3.1 admins require it). An admin
-//! URL works with or without its `/xxl-job-admin` context path: on HTTP 404 the other form is
-//! tried once and remembered, since admins before 3.4.1 default to that path and later ones to `/`.
+//! The token header is always sent, even when empty (3.3.0–3.3.1 admins require it), and only
+//! to a configured admin: redirects are never followed (one to another host would hand it the
+//! token and the results, and its `{"code":200}` would pass for delivery); a redirect is a failed
+//! call, retried like any other. An answer is read up to [`MAX_ANSWER_BYTES`].
+//!
+//! An admin URL works with or without its `/xxl-job-admin` context path: on HTTP 404 the other
+//! form is tried, and used from then on if it gives an admin's answer, since admins before 3.4.1
+//! default to that path and later ones to `/`. The switch is not for good: when the other form
+//! fails, the configured one is tried again (a 404 during an admin's restart must not leave the
+//! executor on the wrong path once it is back).
 
 pub mod wire;
 
@@ -31,6 +38,9 @@ pub enum AdminError {
     /// The admin answered, but not with `code == 200`.
     #[error("callbackResult: code={0}, msg={1}")]
     Rejected(i32, String),
+    /// The admin answered with a redirect, which is not followed.
+    #[error("the admin answered {0} (a redirect to {2}), for url : {1}; redirects are not followed: configure the address it points to")]
+    Redirect(u16, String, String),
     /// The body was not the admin's JSON envelope.
     #[error("xxl-job remoting (url={0}) response content invalid({1}).")]
     Invalid(String, String),
@@ -45,6 +55,7 @@ impl AdminError {
         match self {
             Self::Transport(..) => "unreachable",
             Self::Status(..) => "http_error",
+            Self::Redirect(..) => "redirect",
             Self::Rejected(..) => "rejected",
             Self::Invalid(..) => "invalid_reply",
             Self::NoAdmin => "no_admin",
@@ -73,6 +84,25 @@ pub struct AdminClient {
 
 const CONTEXT_PATH: &str = "/xxl-job-admin";
 
+/// The most read of an admin's answer: its envelope is a few dozen bytes, and an answer read
+/// whole (a 256 MiB one took the process to 733 MiB) is memory a device does not have.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The other form of an admin URL: with its context path when it has none, and without when it
+/// has it.
+fn other_form(base: &str) -> String {
+    match base.strip_suffix(CONTEXT_PATH) {
+        Some(stripped) => stripped.to_string(),
+        None => format!("{base}{CONTEXT_PATH}"),
+    }
+}
+
+/// The call reached an admin (it answered with its envelope, whatever the code): the URL form
+/// is right.
+fn admin_answered(res: &Result<(), AdminError>) -> bool {
+    matches!(res, Ok(()) | Err(AdminError::Rejected(..)))
+}
+
 impl AdminClient {
     /// Builds the client.
     ///
@@ -84,6 +114,7 @@ impl AdminClient {
             .timeout(cfg.timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(2)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("xxl-edge/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| AdminError::Transport(e.to_string(), String::new()))?;
@@ -166,16 +197,25 @@ impl AdminClient {
             .map(|b| b.clone())
             .unwrap_or_else(|p| p.into_inner().clone());
         let mut res = self.post(&base, call, body).await;
-        if let Err(AdminError::Status(404, _)) = res {
-            let alt = match base.strip_suffix(CONTEXT_PATH) {
-                Some(stripped) => stripped.to_string(),
-                None => format!("{base}{CONTEXT_PATH}"),
-            };
+        let on_other_form = base != admin.configured;
+        // A 404 says the path is wrong; any failure on the other form may mean the admin is
+        // back under the configured one.
+        if !admin_answered(&res)
+            && (on_other_form || matches!(res, Err(AdminError::Status(404, _))))
+        {
+            let alt = other_form(&base);
             let alt_res = self.post(&alt, call, body).await;
-            if !matches!(alt_res, Err(AdminError::Status(404, _))) {
+            if admin_answered(&alt_res) {
                 if let Ok(mut r) = admin.resolved.lock() {
                     tracing::info!(configured = %admin.configured, using = %alt, "Admin answers under another context path; using it.");
                     *r = alt;
+                }
+                res = alt_res;
+            } else if on_other_form {
+                // Neither answered: start from the configured form next time, and report its
+                // failure (the one the operator can act on).
+                if let Ok(mut r) = admin.resolved.lock() {
+                    *r = admin.configured.clone();
                 }
                 res = alt_res;
             }
@@ -244,15 +284,27 @@ impl AdminClient {
             .await
             .map_err(|e| AdminError::Transport(error_chain(&e), url.clone()))?;
         let status = resp.status().as_u16();
+        if resp.status().is_redirection() {
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("nowhere")
+                .chars()
+                .take(200)
+                .collect();
+            return Err(AdminError::Redirect(status, url, location));
+        }
         if status != 200 {
             return Err(AdminError::Status(status, url));
         }
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| AdminError::Transport(error_chain(&e), url.clone()))?;
-        let reply: AdminReply = serde_json::from_str(&text)
-            .map_err(|_| AdminError::Invalid(url.clone(), text.chars().take(200).collect()))?;
+        let body = read_capped(resp, &url).await?;
+        let reply: AdminReply = serde_json::from_slice(&body).map_err(|_| {
+            AdminError::Invalid(
+                url.clone(),
+                String::from_utf8_lossy(&body).chars().take(200).collect(),
+            )
+        })?;
         if reply.code == 200 {
             Ok(status)
         } else {
@@ -262,6 +314,34 @@ impl AdminClient {
             ))
         }
     }
+}
+
+/// The answer's body, refused once it passes [`MAX_ANSWER_BYTES`] (announced or read).
+async fn read_capped(mut resp: reqwest::Response, url: &str) -> Result<Vec<u8>, AdminError> {
+    let too_large = || {
+        AdminError::Invalid(
+            url.to_string(),
+            format!("the answer is larger than {} KiB", MAX_ANSWER_BYTES / 1024),
+        )
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| AdminError::Transport(error_chain(&e), url.to_string()))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -274,6 +354,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// Against a scripted peer on real sockets: redirects, context-path discovery, answer size.
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod client_tests;
 
 #[cfg(test)]
 mod tests {

@@ -73,6 +73,9 @@ pub enum ApiError {
     /// Body over the limit.
     #[error("request error:request body exceeds the limit of {0} bytes (server.body_limit_bytes)")]
     TooLarge(usize),
+    /// The body did not arrive whole in time.
+    #[error("request error:request body not received within {} s (server.body_read_timeout_secs)", .0.as_secs_f64())]
+    BodyTimeout(std::time::Duration),
     /// Unreadable or malformed body.
     #[error("request error:{0}")]
     Malformed(String),
@@ -292,6 +295,23 @@ where
     Ok(out)
 }
 
+/// [`read_body`] within `timeout`: a client that sends its head and trickles (or withholds) the
+/// body would otherwise hold the request, and its connection, for as long as it likes.
+async fn read_body_within<S, B>(
+    body: S,
+    content_length: Option<u64>,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    tokio::time::timeout(timeout, read_body(body, content_length, limit))
+        .await
+        .map_err(|_| ApiError::BodyTimeout(timeout))?
+}
+
 /// Every endpoint that reads its body reads one JSON object, as Gson does (protocol §1.1 step 5).
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     wire::from_json_object(body).map_err(|e| ApiError::Malformed(e.to_string()))
@@ -321,7 +341,13 @@ where
         "/beat" | "/idleBeat" | "/run" | "/trigger" | "/kill" | "/log" => req.target,
         other => return Err(ApiError::NotFound(other.to_string())),
     };
-    let body = read_body(body, req.content_length, s.limits.body_limit_bytes).await?;
+    let body = read_body_within(
+        body,
+        req.content_length,
+        s.limits.body_limit_bytes,
+        s.limits.body_read_timeout,
+    )
+    .await?;
     match route {
         // The reference never parses `/beat`'s body (2.4.x sends `""`, 3.3+ none).
         "/beat" => Ok(json_reply(&ReturnT::success())),
@@ -462,8 +488,10 @@ fn read_log(s: &ApiState, p: &LogParam) -> LogResult {
 
 #[cfg(test)]
 mod tests {
-    use super::{read_body, token_ok, ApiError};
+    use super::{read_body, read_body_within, token_ok, ApiError};
     use bytes::Bytes;
+    use futures_util::StreamExt;
+    use std::time::Duration;
 
     fn chunks(
         n: usize,
@@ -488,6 +516,27 @@ mod tests {
         assert!(body.capacity() <= 512);
         // Without one (chunked), the body is still read whole.
         assert_eq!(read_body(chunks(3, 7), None, 512).await.unwrap().len(), 21);
+    }
+
+    /// A body that stops coming fails the request at the timeout, not later, not sooner.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_coming_times_out() {
+        let started = tokio::time::Instant::now();
+        let stalled = chunks(1, 10).chain(futures_util::stream::pending());
+        let e = read_body_within(Box::pin(stalled), Some(100), 4096, Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ApiError::BodyTimeout(_)), "{e:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        assert_eq!(
+            e.to_string(),
+            "request error:request body not received within 30 s (server.body_read_timeout_secs)"
+        );
+        // A body that arrives in time is read whole.
+        let body = read_body_within(chunks(3, 7), None, 512, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(body.len(), 21);
     }
 
     #[test]

@@ -6,13 +6,18 @@
 //! at DEBUG and any other connection error at WARN, pauses after accept errors such as EMFILE
 //! instead of spinning on them, and shuts down gracefully.
 //!
-//! It is also the one place for per-connection policy: limits on the connection itself go in
-//! [`connection_builder`], a cap on open connections goes where [`serve`] accepts.
+//! It is also the one place for per-connection policy ([`ConnLimits`]): a cap on open
+//! connections where [`serve`] accepts, the header-read and idle timeouts in [`TimedIo`], and a
+//! deadline on the graceful shutdown, so that no client can keep the process from stopping.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
@@ -21,15 +26,110 @@ use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+
+/// The per-connection limits of [`serve`], and the cap on open connections, shared by every
+/// listener that is given a clone.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    /// From a connection's accept, or a keep-alive request's first byte, to the end of its head.
+    pub header_read: Duration,
+    /// A keep-alive connection with no request (and no answer being written) for this long is
+    /// closed.
+    pub idle: Duration,
+    /// On shutdown, connections still open after this are dropped.
+    pub shutdown_deadline: Duration,
+    permits: Arc<Semaphore>,
+}
+
+impl ConnLimits {
+    /// The executor's limits: `server.*`, with the connection cap lowered to fit the open-file
+    /// limit with room for the store and the jobs' pipes ([`Config::fd_reserve`]). Each
+    /// connection is one file descriptor; past the limit, `accept` fails with EMFILE and so does
+    /// every job spawn and store file open.
+    pub fn for_executor(config: &Config) -> Self {
+        let s = &config.server;
+        let reserve = config.fd_reserve();
+        let soft = open_files_soft_limit();
+        let cap = connection_cap(s.max_connections, soft, reserve);
+        if cap < s.max_connections {
+            tracing::warn!(
+                max_connections = s.max_connections,
+                open_files_limit = soft.unwrap_or(0),
+                reserved = reserve,
+                cap,
+                "The open-file limit leaves room for fewer connections than server.max_connections; raise LimitNOFILE (the hard limit) or lower runner.max_running."
+            );
+        }
+        Self::new(
+            s.header_read_timeout,
+            s.idle_timeout,
+            s.shutdown_deadline,
+            cap,
+        )
+    }
+
+    /// Limits as given, with at most `cap` connections open at once.
+    pub fn new(
+        header_read: Duration,
+        idle: Duration,
+        shutdown_deadline: Duration,
+        cap: usize,
+    ) -> Self {
+        let cap = cap.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            header_read,
+            idle,
+            shutdown_deadline,
+            permits: Arc::new(Semaphore::new(cap)),
+        }
+    }
+}
+
+/// The current soft `RLIMIT_NOFILE`; `None` when unknown or unlimited.
+fn open_files_soft_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) if soft != RLIM_INFINITY => Some(soft),
+        _ => None,
+    }
+}
+
+/// The connection cap: `configured`, lowered so that the connections and `reserve` fit under
+/// the soft open-file limit. Never below 8, so that a tiny limit still lets the admin in (the
+/// store and the jobs then compete for what is left, and the start warns).
+fn connection_cap(configured: usize, soft_limit: Option<u64>, reserve: u64) -> usize {
+    let Some(soft) = soft_limit else {
+        return configured;
+    };
+    let room = usize::try_from(soft.saturating_sub(reserve)).unwrap_or(usize::MAX);
+    configured.min(room).max(8.min(configured))
+}
 
 /// Serves `service` on every connection `listener` accepts, until `shutdown` is cancelled.
 ///
-/// Then it closes the listener (new connections are refused), lets every open connection finish
-/// the request it is in (idle keep-alive connections are closed), and returns once all are closed.
-pub async fn serve<S, B>(listener: TcpListener, service: S, shutdown: CancellationToken)
-where
+/// At most `limits.cap()` connections (over every listener sharing `limits`) are open at once:
+/// beyond that, connections wait in the listen backlog until one closes. A connection whose
+/// request head does not arrive within `limits.header_read`, or that stays idle for
+/// `limits.idle`, is closed.
+///
+/// On shutdown it closes the listener (new connections are refused), lets every open connection
+/// finish the request it is in (idle keep-alive connections are closed), and returns once all
+/// are closed, or after `limits.shutdown_deadline`, dropping the connections left: a client
+/// cannot hold the shutdown up.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    shutdown: CancellationToken,
+    limits: ConnLimits,
+) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
@@ -40,8 +140,20 @@ where
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
+    let drop_all = CancellationToken::new();
     let mut backoff = AcceptBackoff::default();
     loop {
+        // The permit is taken before the accept (mini-redis): at the cap, connections wait in
+        // the kernel's backlog instead of costing a descriptor each.
+        let permit = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            p = limits.permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let accepted = tokio::select! {
             // Shutdown first: once it is asked for, no connection waiting in the backlog is taken.
             biased;
@@ -73,31 +185,279 @@ where
                 continue;
             }
         };
-        // A cap on open connections would be taken here, before the connection is served.
-        let conn = connection_builder().serve_connection(TokioIo::new(stream), service.clone());
+        let clock = Arc::new(ConnClock::new(limits.header_read, limits.idle));
+        let io = TimedIo::new(stream, clock.clone());
+        let service = Tracked {
+            inner: service.clone(),
+            clock,
+        };
+        let conn = connection_builder().serve_connection(TokioIo::new(io), service);
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                log_connection_error(&e, peer);
+        let drop_all = drop_all.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                r = conn => {
+                    if let Err(e) = r {
+                        log_connection_error(&e, peer);
+                    }
+                }
+                () = drop_all.cancelled() => {}
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    connections.close();
+    if tokio::time::timeout(limits.shutdown_deadline, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = connections.len(),
+            deadline_ms = u64::try_from(limits.shutdown_deadline.as_millis()).unwrap_or(u64::MAX),
+            "Connections still open at the shutdown deadline (server.shutdown_deadline_secs) are dropped."
+        );
+        drop_all.cancel();
+    }
+    connections.wait().await;
 }
 
 /// The settings of every connection: HTTP/1.1 only (every admin generation speaks it; the
-/// reference server is Netty's HTTP/1.1 codec). Header and idle timeouts belong here.
+/// reference server is Netty's HTTP/1.1 codec; hyper's `http2` feature is not even built, so an
+/// HTTP/2 preface is a malformed request). The timeouts are [`TimedIo`]'s: hyper's own header
+/// timeout also runs while a keep-alive connection is idle, so it cannot tell the two apart.
 fn connection_builder() -> http1::Builder {
     http1::Builder::new()
 }
 
+/// Where a connection is: which of its deadlines runs.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// A request head is being read (or awaited on a new connection) since then.
+    Head(Instant),
+    /// The service has the request: the body's own timeout is the handler's.
+    Busy,
+    /// Between requests (the last answer being written counts) since then.
+    Idle(Instant),
+}
+
+/// The phase of one connection, set by [`Tracked`] around each request and by [`TimedIo`] as
+/// bytes move.
+#[derive(Debug)]
+struct ConnClock {
+    phase: Mutex<Phase>,
+    header_read: Duration,
+    idle: Duration,
+}
+
+impl ConnClock {
+    fn new(header_read: Duration, idle: Duration) -> Self {
+        Self {
+            phase: Mutex::new(Phase::Head(Instant::now())),
+            header_read,
+            idle,
+        }
+    }
+
+    fn set(&self, f: impl FnOnce(Phase) -> Phase) {
+        let mut p = self.phase.lock().unwrap_or_else(|p| p.into_inner());
+        *p = f(*p);
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match *self.phase.lock().unwrap_or_else(|p| p.into_inner()) {
+            Phase::Head(since) => Some(since + self.header_read),
+            Phase::Busy => None,
+            Phase::Idle(since) => Some(since + self.idle),
+        }
+    }
+
+    /// Bytes of a request arrived: the first ones after an idle spell start the head's clock.
+    fn read_some(&self) {
+        self.set(|p| match p {
+            Phase::Idle(_) => Phase::Head(Instant::now()),
+            other => other,
+        });
+    }
+
+    /// Bytes of an answer left: an idle connection that is still taking its answer is not idle.
+    fn wrote_some(&self) {
+        self.set(|p| match p {
+            Phase::Idle(_) => Phase::Idle(Instant::now()),
+            other => other,
+        });
+    }
+}
+
+/// Marks its connection idle when the request's service future ends (or is dropped).
+struct BusyGuard(Arc<ConnClock>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.set(|_| Phase::Idle(Instant::now()));
+    }
+}
+
+/// The service, with the connection marked busy while it handles a request.
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    clock: Arc<ConnClock>,
+}
+
+impl<S, B> Service<Request<Incoming>> for Tracked<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<B>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.clock.set(|_| Phase::Busy);
+        let guard = BusyGuard(self.clock.clone());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            drop(guard);
+            res
+        })
+    }
+}
+
+/// The socket, failing a read or write with `TimedOut` once the connection's current deadline
+/// ([`ConnClock`]) has passed with the read or write still waiting. hyper then closes it.
+struct TimedIo {
+    stream: TcpStream,
+    clock: Arc<ConnClock>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl TimedIo {
+    fn new(stream: TcpStream, clock: Arc<ConnClock>) -> Self {
+        Self {
+            stream,
+            clock,
+            timer: None,
+        }
+    }
+
+    /// Called when the socket is not ready: `Ready` once the deadline has passed (and it
+    /// registers the task to be woken then).
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let Some(deadline) = self.clock.deadline() else {
+            return Poll::Pending;
+        };
+        let timer = match &mut self.timer {
+            Some(t) => {
+                if t.deadline() != deadline {
+                    t.as_mut().reset(deadline);
+                }
+                t
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no request within the header read or idle timeout",
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for TimedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.clock.read_some();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.poll_deadline(cx).map(Err),
+        }
+    }
+}
+
+impl AsyncWrite for TimedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.stream).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.clock.wrote_some();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.poll_deadline(cx).map(Err),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.stream).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.clock.wrote_some();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.poll_deadline(cx).map(Err),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
 fn log_connection_error(e: &hyper::Error, peer: SocketAddr) {
-    if client_went_away(e) {
+    if timed_out(e) {
+        tracing::debug!(%peer, error = %e, "Closed a connection that sent no whole request head in time or stayed idle.");
+    } else if client_went_away(e) {
         tracing::debug!(%peer, error = %e, "The client closed its connection mid-request.");
     } else {
         tracing::warn!(%peer, error = %e, "An HTTP connection failed.");
     }
+}
+
+/// True when [`TimedIo`] ended the connection.
+fn timed_out(e: &hyper::Error) -> bool {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return io.kind() == io::ErrorKind::TimedOut;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// True when the error only says the other side left: it closed or reset the connection before

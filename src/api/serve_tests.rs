@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::serve;
+use super::{connection_cap, serve, ConnLimits};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -88,8 +88,23 @@ impl Events {
     }
 }
 
+/// Limits that no test without its own reaches.
+fn roomy() -> ConnLimits {
+    ConnLimits::new(GUARD * 10, GUARD * 10, GUARD * 10, 1000)
+}
+
 /// Starts `serve` on 127.0.0.1:0 with a warp filter, as the executor does with its routes.
 async fn start<F>(filter: F) -> (SocketAddr, CancellationToken, JoinHandle<()>)
+where
+    F: Filter<Extract = (String,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
+{
+    start_with(filter, roomy()).await
+}
+
+async fn start_with<F>(
+    filter: F,
+    limits: ConnLimits,
+) -> (SocketAddr, CancellationToken, JoinHandle<()>)
 where
     F: Filter<Extract = (String,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
 {
@@ -97,7 +112,7 @@ where
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     let svc = TowerToHyperService::new(warp::service(filter));
-    let task = tokio::spawn(serve(listener, svc, stop.clone()));
+    let task = tokio::spawn(serve(listener, svc, stop.clone(), limits));
     (addr, stop, task)
 }
 
@@ -215,4 +230,154 @@ async fn shutdown_stops_accepting_and_finishes_the_request_in_flight() {
         .expect("serve returns once the request in flight is answered")
         .unwrap();
     drop(idle);
+}
+
+const HALF_HEAD: &[u8] = b"POST /x HTTP/1.1\r\nHost: x\r\n";
+
+/// Reads until the peer closes (EOF or reset); returns how long that took. Fails after `GUARD`.
+async fn closed_after(s: &mut TcpStream) -> Duration {
+    let started = tokio::time::Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(GUARD * 10, s.read_to_end(&mut out))
+        .await
+        .expect("the server closes the connection");
+    started.elapsed()
+}
+
+/// One keep-alive request; reads exactly its answer (which ends with `got N`).
+async fn keep_alive_request(s: &mut TcpStream, body: &str) -> String {
+    let req = format!(
+        "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let want = format!("got {}", body.len());
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 1024];
+    for _ in 0..100 {
+        if String::from_utf8_lossy(&out).ends_with(&want) {
+            break;
+        }
+        let n = tokio::time::timeout(GUARD, s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the answer");
+        out.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A head that never ends is closed at the header timeout: not before, and not never (issue 10
+/// #1: `POST /beat HTTP/1.1\r\nHost: x\r\n` held a connection, and the shutdown, for ever).
+#[tokio::test(start_paused = true)]
+async fn a_half_sent_head_is_closed_at_the_header_timeout() {
+    let limits = ConnLimits::new(Duration::from_secs(10), Duration::from_secs(90), GUARD, 100);
+    let (addr, stop, task) = start_with(echo_len(), limits).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(HALF_HEAD).await.unwrap();
+    assert_eq!(closed_after(&mut s).await, Duration::from_secs(10));
+    // A connection that sends nothing at all gets the same time for its head.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(closed_after(&mut silent).await, Duration::from_secs(10));
+    stop.cancel();
+    tokio::time::timeout(GUARD, task).await.unwrap().unwrap();
+}
+
+/// An idle keep-alive connection is closed after the idle timeout (90 s, as the reference's
+/// Netty idle handler); every answer and every request starts its clock again, and the header
+/// timeout runs from a request's first byte, not from the end of the last answer.
+#[tokio::test(start_paused = true)]
+async fn idle_keep_alive_connections_close_at_the_idle_timeout() {
+    let limits = ConnLimits::new(Duration::from_secs(10), Duration::from_secs(90), GUARD, 100);
+    let (addr, stop, task) = start_with(echo_len(), limits).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    assert!(keep_alive_request(&mut s, "a")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    // Still open after 80 s idle (far past the header timeout): a request there is answered.
+    let mut buf = [0u8; 16];
+    assert!(
+        tokio::time::timeout(Duration::from_secs(80), s.read(&mut buf))
+            .await
+            .is_err(),
+        "closed before the idle timeout"
+    );
+    assert!(keep_alive_request(&mut s, "bb").await.ends_with("got 2"));
+    // Then idle again: closed 90 s after that answer.
+    assert_eq!(closed_after(&mut s).await, Duration::from_secs(90));
+
+    // After 60 s idle, half a head: closed at its header timeout, 70 s after the answer.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    assert!(keep_alive_request(&mut s, "c")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    s.write_all(HALF_HEAD).await.unwrap();
+    assert_eq!(closed_after(&mut s).await, Duration::from_secs(10));
+    stop.cancel();
+    tokio::time::timeout(GUARD, task).await.unwrap().unwrap();
+}
+
+/// Shutdown waits for a request in flight only up to the deadline, then drops what is left:
+/// a half-sent head (the header timeout here is longer) does not hold it up.
+#[tokio::test(start_paused = true)]
+async fn shutdown_drops_connections_left_at_its_deadline() {
+    let limits = ConnLimits::new(
+        Duration::from_secs(600),
+        Duration::from_secs(600),
+        Duration::from_secs(5),
+        100,
+    );
+    let (addr, stop, task) = start_with(echo_len(), limits).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(HALF_HEAD).await.unwrap();
+    // The server has the bytes once it answers a request on another connection after them.
+    assert!(request(addr, "x").await.ends_with("got 1"));
+    let started = tokio::time::Instant::now();
+    stop.cancel();
+    tokio::time::timeout(GUARD, task)
+        .await
+        .expect("serve returns at the deadline")
+        .unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    assert_eq!(closed_after(&mut s).await, Duration::ZERO);
+}
+
+/// At the cap, a new connection waits (in the listen backlog) until an open one closes; it is
+/// then served.
+#[tokio::test(start_paused = true)]
+async fn connections_beyond_the_cap_wait_for_one_to_close() {
+    let limits = ConnLimits::new(Duration::from_secs(600), Duration::from_secs(600), GUARD, 2);
+    let (addr, stop, task) = start_with(echo_len(), limits).await;
+    let first = TcpStream::connect(addr).await.unwrap();
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    // Both are being served: the second answers a request.
+    assert!(keep_alive_request(&mut second, "a")
+        .await
+        .ends_with("got 1"));
+    let third = tokio::spawn(request(addr, "abc"));
+    // (Within the answer's own guard in `request`.)
+    tokio::time::sleep(GUARD / 2).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served at a cap of 2"
+    );
+    drop(first);
+    let answer = tokio::time::timeout(GUARD, third).await.unwrap().unwrap();
+    assert!(answer.ends_with("got 3"), "{answer}");
+    drop(second);
+    stop.cancel();
+    tokio::time::timeout(GUARD, task).await.unwrap().unwrap();
+}
+
+#[test]
+fn the_cap_leaves_the_reserve_under_the_open_file_limit() {
+    assert_eq!(connection_cap(256, None, 320), 256);
+    assert_eq!(connection_cap(256, Some(1 << 20), 320), 256);
+    // The common soft limit of 1024 with 64 jobs: 1024 - (64 + 4 * 64) = 704.
+    assert_eq!(connection_cap(1000, Some(1024), 320), 704);
+    // A limit below the reserve still lets a few connections in.
+    assert_eq!(connection_cap(256, Some(256), 320), 8);
+    assert_eq!(connection_cap(4, Some(256), 320), 4);
 }

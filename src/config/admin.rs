@@ -37,6 +37,28 @@ pub struct AdminConfig {
     pub timeout: Duration,
 }
 
+/// Why a token can never match what the admin sends (the problem never quotes the token).
+///
+/// A header value is visible ASCII with inner blanks, and HTTP strips blanks around it: a token
+/// with a newline, a control character, a non-ASCII letter or an outer blank could never be
+/// received as written. A token of blanks only would show as `(set)` yet turn the check off (as
+/// the reference's `isNotBlank` does): "no token" is written as an empty one.
+fn token_problem(token: &str) -> Result<(), &'static str> {
+    if token.is_empty() {
+        return Ok(());
+    }
+    if token.trim().is_empty() {
+        return Err("is only blanks, which would turn the token check off; leave it empty (or unset) for no token");
+    }
+    if !token.chars().all(|c| matches!(c, ' '..='~')) {
+        return Err("holds a character that an HTTP header cannot carry (a newline, a control character or non-ASCII); the admin's token could never match it");
+    }
+    if token.trim() != token {
+        return Err("starts or ends with a blank, which HTTP strips from the header; the admin's token could never match it");
+    }
+    Ok(())
+}
+
 impl Raw {
     pub(super) fn convert(self, c: &mut Check) -> AdminConfig {
         let addresses: Vec<String> = self
@@ -61,6 +83,9 @@ impl Raw {
         }
         c.show("admin.addresses", format!("{addresses:?}"));
         let access_token = self.access_token.unwrap_or_default();
+        if let Err(problem) = token_problem(access_token.expose()) {
+            c.problem("admin.access_token", problem);
+        }
         c.show("admin.access_token", &access_token);
         AdminConfig {
             addresses,

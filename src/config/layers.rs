@@ -7,7 +7,7 @@
 use toml::{Table, Value};
 
 use super::check::Check;
-use super::{admin, executor, glue, telemetry, Overrides, Source};
+use super::{admin, executor, glue, server, telemetry, Overrides, Source};
 
 /// One environment variable and the TOML key it sets.
 pub(super) struct EnvVar {
@@ -36,7 +36,13 @@ pub(super) enum Kind {
 }
 
 /// Every section's variables.
-const ENV: [&[EnvVar]; 4] = [admin::ENV, executor::ENV, glue::ENV, telemetry::ENV];
+const ENV: [&[EnvVar]; 5] = [
+    admin::ENV,
+    executor::ENV,
+    glue::ENV,
+    server::ENV,
+    telemetry::ENV,
+];
 
 /// Sets `section.name` in `table`.
 fn set(table: &mut Table, key: &str, value: Value) {

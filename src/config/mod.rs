@@ -282,6 +282,35 @@ impl Config {
         })
     }
 
+    /// What `check-config` points out about a valid configuration that may not do what it seems
+    /// to.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.admin.addresses.len() > 1 {
+            notes.push(format!(
+                "admin.addresses lists {} admins: they must be members of one admin cluster \
+                 (one shared database). A trigger carries no admin identity, so independent \
+                 admins would collide on logIds (\"repeat trigger job\") and one admin's \
+                 callbacks would go to another; run one executor per independent admin \
+                 instead (its own port and data_dir).",
+                self.admin.addresses.len()
+            ));
+        }
+        notes
+    }
+
+    /// File descriptors kept free of connections: the store's files, the listeners, the admin
+    /// client's sockets, the log output (64), and a job process's pipes (4 each).
+    pub fn fd_reserve(&self) -> u64 {
+        64 + 4 * self.runner.max_running as u64
+    }
+
+    /// The soft open-file limit this configuration wants: every connection plus
+    /// [`Config::fd_reserve`].
+    pub fn open_files_wanted(&self) -> u64 {
+        self.server.max_connections as u64 + self.fd_reserve()
+    }
+
     /// Each key as `(key, value)` with the value it took when it was validated (secrets shown as
     /// `(set)` or `(none)`), for `check-config`. Changes made to the fields afterwards are not
     /// reflected.
@@ -506,7 +535,17 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{ok}: {e}"));
             assert!(!c.telemetry.log_level.contains(' '), "{ok}");
         }
-        for bad in ["loud", "debgu", "xxl_edge=loud", "info,,warn", "", "a=b=c"] {
+        for bad in [
+            "loud",
+            "debgu",
+            "xxl_edge=loud",
+            "info,,warn",
+            "",
+            "a=b=c",
+            "[[[=",
+            "=info",
+            "xxl_edge=",
+        ] {
             let toml = format!("[telemetry]\nlog_level = \"{bad}\"\n");
             let e = invalid(&toml);
             assert_eq!(keys(&e), ["telemetry.log_level"], "{bad}");
@@ -607,6 +646,78 @@ mod tests {
         ] {
             assert!(keys.contains(&k), "{k} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn a_token_that_can_never_match_is_refused_without_being_shown() {
+        for bad in [
+            r"s3cr3t\nline",
+            r"s3cr3t\r",
+            r"s3cr3t\t",
+            "s3cr3t-\u{e9}",
+            "   ",
+            " s3cr3t",
+            "s3cr3t ",
+        ] {
+            // TOML basic strings: `\n` in the file is a newline in the token.
+            let e = invalid(&format!("[admin]\naccess_token = \"{bad}\"\n"));
+            assert_eq!(keys(&e), ["admin.access_token"], "{bad:?}");
+            assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        }
+        // The same through the environment and the flag.
+        let e = Config::load(
+            None,
+            &env(&[("XXL_JOB_ACCESS_TOKEN", "s3cr3t\n")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("admin.access_token"), "{e}");
+        assert!(!e.contains("s3cr3t"), "{e}");
+        let e = Config::load(
+            None,
+            &env(&[]),
+            &Overrides {
+                access_token: Some(Secret::new("  ")),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("only blanks"), "{e}");
+        for ok in ["", "default_token", "a b", "!#$%&'()*+,-./:;<=>?@[]^_`{|}~"] {
+            let c = Config::load(
+                None,
+                &env(&[("XXL_JOB_ACCESS_TOKEN", ok)]),
+                &Overrides::default(),
+            )
+            .unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+            assert_eq!(c.admin.access_token.expose(), ok);
+        }
+    }
+
+    #[test]
+    fn several_admins_are_noted_as_one_cluster() {
+        let one = Config::defaults();
+        assert!(one.notes().is_empty());
+        let two = Config::load(
+            None,
+            &env(&[("XXL_JOB_ADMIN_ADDRESSES", "http://a:1,http://b:2")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let notes = two.notes();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].contains("members of one admin cluster"),
+            "{}",
+            notes[0]
+        );
+        assert!(
+            notes[0].contains("one executor per independent admin"),
+            "{}",
+            notes[0]
+        );
     }
 
     #[test]

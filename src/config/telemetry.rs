@@ -74,11 +74,33 @@ fn log_filter(given: &str) -> Result<String, String> {
         if d.is_empty() {
             return Err(format!("\"{given}\" has an empty directive"));
         }
-        if !d.contains('=') && d.parse::<LevelFilter>().is_err() {
-            return Err(format!(
-                "\"{d}\" is not a level (trace, debug, info, warn, error, off); \
-                 a target is written target=level"
-            ));
+        match d.split_once('=') {
+            None if d.parse::<LevelFilter>().is_err() => {
+                return Err(format!(
+                    "\"{d}\" is not a level (trace, debug, info, warn, error, off); \
+                     a target is written target=level"
+                ))
+            }
+            None => {}
+            // The parser takes anything before `=` as a target, and a target that is no
+            // module path (`[[[`) matches nothing: every other line would be silenced.
+            Some((target, level)) => {
+                let path_like = !target.is_empty()
+                    && target
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'));
+                if !path_like {
+                    return Err(format!(
+                        "\"{d}\": \"{target}\" is not a target (a module path such as xxl_edge::api)"
+                    ));
+                }
+                // An empty level parses (as ERROR): say what was meant.
+                if level.trim().is_empty() || level.parse::<LevelFilter>().is_err() {
+                    return Err(format!(
+                        "\"{d}\": \"{level}\" is not a level (trace, debug, info, warn, error, off)"
+                    ));
+                }
+            }
         }
         directives.push(d);
     }

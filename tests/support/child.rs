@@ -24,9 +24,27 @@ pub struct Child {
 impl Child {
     /// Starts the binary and waits for its "started" event.
     pub async fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
-            .args(["serve", "--log-json", "--config"])
-            .arg(config)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xxl-edge"));
+        cmd.args(["serve", "--log-json", "--config"]).arg(config);
+        Self::start_command(cmd).await
+    }
+
+    /// Starts the binary under `sh -c "SHELL_PREFIX; exec xxl-edge serve …"` (to set limits with
+    /// `ulimit`, say) and waits for its "started" event.
+    pub async fn start_after(shell_prefix: &str, config: &Path) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "{shell_prefix}; exec \"$0\" serve --log-json --config \"$1\""
+            ))
+            .arg(env!("CARGO_BIN_EXE_xxl-edge"))
+            .arg(config);
+        Self::start_command(cmd).await
+    }
+
+    /// Starts `cmd` (which runs `xxl-edge serve --log-json`) and waits for its "started" event.
+    pub async fn start_command(mut cmd: Command) -> Self {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
