@@ -102,6 +102,7 @@ drwxr-x--- etc/xxl-edge/
 -rw-r--r-- usr/lib/sysusers.d/xxl-edge.conf
 -rw-r--r-- usr/share/bash-completion/completions/xxl-edge
 -rw-r--r-- usr/share/doc/xxl-edge/README.md
+-rw-r--r-- usr/share/doc/xxl-edge/changelog.Debian.gz
 -rw-r--r-- usr/share/doc/xxl-edge/copyright
 -rw-r--r-- usr/share/fish/vendor_completions.d/xxl-edge.fish
 -rw-r--r-- usr/share/man/man1/xxl-edge-check-config.1.gz

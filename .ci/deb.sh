@@ -90,6 +90,23 @@ for page in "$docs"/man/*.1; do
   gzip -9n "$root/usr/share/man/man1/$(basename "$page")"
 done
 
+# Debian wants a changelog in every binary package; the project's history is its git log.
+if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
+  SOURCE_DATE_EPOCH=$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || date +%s)
+fi
+export SOURCE_DATE_EPOCH
+MAINTAINER=${XXL_EDGE_DEB_MAINTAINER:-xxl-edge developers <xxl-edge@example.invalid>}
+commit=$(git -C "$REPO" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+{
+  echo "xxl-edge ($VERSION) unstable; urgency=medium"
+  echo
+  echo "  * Package of xxl-edge $cargo_version, commit $commit; the changes are in the"
+  echo "    project's git history."
+  echo
+  echo " -- $MAINTAINER  $(LC_ALL=C date -u -R -d "@$SOURCE_DATE_EPOCH")"
+} | gzip -9n >"$work/changelog.Debian.gz"
+put 0644 "$work/changelog.Debian.gz"     usr/share/doc/xxl-edge/changelog.Debian.gz
+
 mkdir -p "$root/DEBIAN"
 for s in postinst prerm postrm; do install -m 0755 "$REPO/dist/debian/$s" "$root/DEBIAN/$s"; done
 echo /etc/xxl-edge/xxl-edge.toml >"$root/DEBIAN/conffiles"
@@ -100,7 +117,7 @@ installed_kb=$(du -sk --apparent-size --exclude=DEBIAN "$root" | cut -f1)
   echo "Package: xxl-edge"
   echo "Version: $VERSION"
   echo "Architecture: $ARCH"
-  echo "Maintainer: ${XXL_EDGE_DEB_MAINTAINER:-xxl-edge developers <xxl-edge@example.invalid>}"
+  echo "Maintainer: $MAINTAINER"
   echo "Installed-Size: $installed_kb"
   [ ${#depends[@]} = 0 ] || echo "Depends: $(IFS=,; echo "${depends[*]}" | sed 's/,/, /g')"
   echo "Section: admin"
@@ -119,10 +136,6 @@ mkdir -p "$OUT"
 deb=$OUT/xxl-edge_${VERSION}_${ARCH}.deb
 # Reproducible: every file dated at the commit's time (dpkg-deb dates the archive members by
 # SOURCE_DATE_EPOCH too), so the same inputs give the same package.
-if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
-  SOURCE_DATE_EPOCH=$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || date +%s)
-fi
-export SOURCE_DATE_EPOCH
 find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 dpkg-deb --root-owner-group -Z"${XXL_EDGE_DEB_COMPRESSION:-xz}" --build "$root" "$deb" >/dev/null
 echo "$deb"
