@@ -119,7 +119,7 @@ installed_kb=$(du -sk --apparent-size --exclude=DEBIAN "$root" | cut -f1)
   echo "Architecture: $ARCH"
   echo "Maintainer: $MAINTAINER"
   echo "Installed-Size: $installed_kb"
-  [ ${#depends[@]} = 0 ] || echo "Depends: $(IFS=,; echo "${depends[*]}" | sed 's/,/, /g')"
+  if [ ${#depends[@]} -gt 0 ]; then dep=$(printf '%s, ' "${depends[@]}"); echo "Depends: ${dep%, }"; fi
   echo "Section: admin"
   echo "Priority: optional"
   echo "Description: durable, observable XXL-JOB executor for edge devices"
