@@ -8,13 +8,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 
 use xxl_edge::client::{self, ExecutorAddress};
-use xxl_edge::config::{Config, ConfigError, Env, Overrides, Secret};
+use xxl_edge::config::{Config, ConfigError, Env, Overrides};
 use xxl_edge::job::{BlockStrategy, Glue, JobId, LogId, Trigger};
 use xxl_edge::state::{self, State, StateError};
 use xxl_edge::{telemetry, Executor};
+
+mod cli;
+
+use cli::{Cli, Cmd, ConfigArgs, ServeArgs, StateArgs, TriggerArgs};
 
 const EX_USAGE: u8 = 64;
 /// The handler name of the admin's sample job.
@@ -23,118 +27,6 @@ const EX_STORE: u8 = 2;
 /// The store failed while serving (disk full, data directory read-only, I/O error): sysexits'
 /// EX_TEMPFAIL. A restart recovers; systemd's `Restart=always` (or `on-failure`) does it.
 const EX_STORE_FAILED: i32 = 75;
-
-/// An XXL-JOB executor for edge hosts: durable, observable, small.
-#[derive(Parser, Debug)]
-#[command(name = "xxl-edge", version, about, long_about = None)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Run the executor (defaults: admin http://127.0.0.1:8080/xxl-job-admin, port 9999, data in ./data).
-    Serve(ServeArgs),
-    /// Validate the configuration (file, environment and flags) and print it; bind nothing.
-    CheckConfig(ConfigArgs),
-    /// Send one trigger to a running executor as the admin would, follow its log, and exit 0
-    /// only if the run succeeded.
-    Trigger(TriggerArgs),
-    /// Show recent runs, queue and outbox backlog, and the store's size, from the data directory.
-    State(StateArgs),
-}
-
-#[derive(Args, Debug, Clone)]
-struct ConfigArgs {
-    /// TOML configuration file.
-    #[arg(long, short = 'c', value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Admin address (repeat for several); overrides admin.addresses and XXL_JOB_ADMIN_ADDRESSES.
-    #[arg(long = "admin", value_name = "URL")]
-    admin: Vec<String>,
-    /// Access token shared with the admin; overrides admin.access_token and XXL_JOB_ACCESS_TOKEN.
-    #[arg(long, value_name = "TOKEN")]
-    token: Option<Secret>,
-    /// Appname registered with the admin; overrides executor.app_name.
-    #[arg(long, value_name = "NAME")]
-    app_name: Option<String>,
-    /// Address registered verbatim (e.g. http://gw-7:9999/); overrides executor.address.
-    #[arg(long, value_name = "URL")]
-    address: Option<String>,
-    /// IP used to build the registered address; overrides executor.ip.
-    #[arg(long, value_name = "IP")]
-    ip: Option<String>,
-    /// Port to listen on and register; overrides executor.port.
-    #[arg(long, value_name = "PORT")]
-    port: Option<i64>,
-    /// Bind address; overrides executor.listen (default 0.0.0.0).
-    #[arg(long, value_name = "IP")]
-    listen: Option<String>,
-    /// Data directory; overrides executor.data_dir and XXL_EDGE_DATA_DIR.
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-struct ServeArgs {
-    #[command(flatten)]
-    config: ConfigArgs,
-    /// Log as JSON lines instead of text (also telemetry.log_format = "json").
-    #[arg(long)]
-    log_json: bool,
-    /// Tokio worker threads (default: 2, or 1 on a single-core device).
-    #[arg(long, value_name = "N", env = "XXL_EDGE_WORKER_THREADS")]
-    worker_threads: Option<usize>,
-}
-
-#[derive(Args, Debug)]
-struct TriggerArgs {
-    /// Handler name (`executorHandler`).
-    name: String,
-    /// Job parameter.
-    #[arg(long, value_name = "P")]
-    param: Option<String>,
-    /// Job id to use.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    job_id: i32,
-    /// Log id to use (default: the current time in ms, so it is new).
-    #[arg(long, value_name = "N")]
-    log_id: Option<i64>,
-    /// Timeout in seconds (`executorTimeout`), 0 for none.
-    #[arg(long, value_name = "SECS", default_value_t = 0)]
-    timeout: i32,
-    /// Shard index and total, e.g. 0/1.
-    #[arg(long, value_name = "I/N", default_value = "0/1")]
-    shard: String,
-    /// Executor URL.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9999")]
-    executor: String,
-    /// Access token (default: XXL_JOB_ACCESS_TOKEN).
-    #[arg(
-        long,
-        value_name = "T",
-        env = "XXL_JOB_ACCESS_TOKEN",
-        hide_env_values = true
-    )]
-    token: Option<Secret>,
-    /// Give up following the log after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 3600)]
-    wait: u64,
-}
-
-#[derive(Args, Debug)]
-struct StateArgs {
-    /// Data directory (default: from the config, else ./data).
-    #[arg(long, value_name = "DIR", env = "XXL_EDGE_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// TOML configuration file to take executor.data_dir from.
-    #[arg(long, short = 'c', value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// How many recent runs to list.
-    #[arg(long, default_value_t = 20)]
-    recent: usize,
-}
 
 fn load_config(a: &ConfigArgs, log_json: bool) -> Result<Config, ConfigError> {
     let flags = Overrides {
