@@ -120,7 +120,7 @@ ip = "127.0.0.1"
 port = 0
 data_dir = "{}/data"
 [runner]
-max_running = 100000
+max_running = 1024
 max_queue_per_job = 100000
 [store]
 min_free_bytes = 0
