@@ -484,8 +484,10 @@ impl Executor {
 }
 
 /// A flush that has not completed after this long is a storage fault: sled 0.34 can wait forever
-/// for a write that failed, and every `/run` would wait with it.
-pub const FLUSH_STALL: Duration = Duration::from_secs(10);
+/// for a write that failed, and every `/run` would wait with it. A minute, not seconds: a cheap
+/// SD card under heavy writeback (a job copying gigabytes to it) can hold one fsync for several
+/// seconds, and a fault costs a restart that reports every running job as interrupted.
+pub const FLUSH_STALL: Duration = Duration::from_secs(60);
 
 /// Declares the store failed when a flush has been under way for `stall` without completing.
 /// Looks at the store's flush counters once a second (no I/O).
