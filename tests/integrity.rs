@@ -30,7 +30,18 @@ struct Proc {
 
 impl Proc {
     async fn start(config: &Path) -> Self {
-        let mut child = Command::new(BIN)
+        Self::start_checked(config, None).await
+    }
+
+    /// `tmpdir`: the TMPDIR of a start that is expected to check the store on a private copy
+    /// first (files changed since the last clean stop).
+    async fn start_checked(config: &Path, tmpdir: Option<&Path>) -> Self {
+        let copy_expected = tmpdir.is_some();
+        let mut cmd = Command::new(BIN);
+        if let Some(t) = tmpdir {
+            cmd.env("TMPDIR", t);
+        }
+        let mut child = cmd
             .args(["serve", "--log-json", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
@@ -56,7 +67,7 @@ impl Proc {
             // files changed while no executor ran are checked on a copy.
             let v = wait_line(&rx, "started", |v| {
                 let msg = v["fields"]["message"].as_str().unwrap_or("");
-                assert!(!msg.contains("private copy"), "{v}");
+                assert!(copy_expected || !msg.contains("private copy"), "{v}");
                 msg == "xxl-edge executor started."
             });
             (v["fields"]["listen"].as_str().unwrap().parse().unwrap(), rx)
@@ -369,5 +380,29 @@ async fn pruned_log_ids_are_refused_and_a_rebuilt_admin_is_served() {
         })
         .await;
     assert_eq!(site.ran().len(), 101);
+    p.sigterm().await;
+}
+
+/// A store whose files changed while no executor ran is checked on a private copy first; when
+/// that copy cannot be made (TMPDIR missing or full: a small tmpfs on a device), it is checked
+/// as it opens instead. Before, the failed copy made `serve` exit 2 with the advice to move the
+/// (healthy) store aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_be_copied_for_its_check_still_opens() {
+    let admin = FakeAdmin::start().await;
+    let site = Site::new(&admin.url(), "");
+    let p = Proc::start(&site.config).await;
+    runs(&admin, &p, 1..=3).await;
+    p.sigterm().await;
+    // Files "changed" since the clean stop (a restore from a backup would do that).
+    let db = site.data().join("store/db");
+    let f = std::fs::OpenOptions::new().append(true).open(&db).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    let p = Proc::start_checked(&site.config, Some(&site.dir.join("no-such-dir"))).await;
+    // The journal is all there: an old logId is a repeat.
+    assert_eq!(p.run(2, OLD_TIME).await["code"], 500);
+    assert_eq!(p.run(4, OLD_TIME).await["code"], 200);
     p.sigterm().await;
 }

@@ -314,14 +314,20 @@ pub(super) fn before_open(
         store = %dir.display(),
         "The store's files changed since the last clean stop; checking it on a private copy first."
     );
-    let scratch = ScratchDir::new().map_err(|e| format!("cannot make a private copy: {e}"))?;
-    if copy_store(data_dir, scratch.path())
-        .map_err(|e| format!("cannot make a private copy: {e}"))?
-        .is_none()
-    {
+    // A copy that cannot be made (a small tmpfs as TMPDIR, say) is no sign of damage: the
+    // check then runs after sled's open, as after a crash. Refusing here would tell the
+    // operator to move a healthy store aside.
+    let copied = ScratchDir::new()
+        .and_then(|scratch| copy_store(data_dir, scratch.path()).map(|c| c.map(|()| scratch)));
+    let scratch = match copied {
+        Ok(Some(scratch)) => scratch,
         // Another process holds the lock: opening waits for it, or reports it.
-        return Ok(Some(anchor));
-    }
+        Ok(None) => return Ok(Some(anchor)),
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot copy the store to a private directory (TMPDIR) to check it first; checking it as it opens instead.");
+            return Ok(Some(anchor));
+        }
+    };
     let db = sled::Config::new()
         .path(scratch.path().join("store"))
         .cache_capacity(cache_bytes)
