@@ -118,7 +118,7 @@ fn extra_sections() -> Roff {
         ),
         (
             "/var/lib/xxl-edge",
-            "data directory of the packaged unit: the store, GLUE sources, state.json",
+            "data directory of the packaged unit: the store, GLUE sources, the state socket",
         ),
     ] {
         r.control("TP", [])
