@@ -148,7 +148,6 @@ const GROUP_COMMIT_MIN_GAP: Duration = Duration::from_millis(1);
 /// Group commit on its own thread: every waiter that arrived while a flush ran is served by the
 /// next one. A plain thread (not `spawn_blocking`) because it lives as long as the store and a
 /// hand-off per flush costs more than the flush's bookkeeping.
-
 pub(super) fn group_commit(
     inner: std::sync::Weak<Inner>,
     mut rx: mpsc::UnboundedReceiver<FlushRequest>,
