@@ -164,6 +164,7 @@ impl ExecutorBuilder {
             config.executor.data_dir.join("gluesource"),
             outbox_ready.clone(),
         );
+        drop_refused(&store, &config.executor.data_dir)?;
         let recovery = store.recover()?;
         let runs = recovery.runs;
         // Interrupted runs are reported now; nothing starts before `run` has bound its sockets.
@@ -367,7 +368,7 @@ impl Executor {
             tokio::spawn(watch_flushes(
                 progress,
                 declare,
-                FLUSH_STALL,
+                self.config.store.flush_stall,
                 background.clone(),
             ))
         };
@@ -475,6 +476,17 @@ impl Executor {
         // Outcomes cannot be recorded any more: running jobs are stopped without a grace and
         // are reported as interrupted after the restart (or run again if re-run safe).
         self.runner.shutdown(Duration::ZERO).await;
+        // Triggers refused after their journal write: the failed store may have put the record
+        // on disk and not its removal. The next start drops them (a refused trigger must not
+        // run, nor be called back). Written only now that the data directory takes writes.
+        let refused = self.runner.forgotten();
+        if !refused.is_empty() {
+            let dir = dir.clone();
+            let written = tokio::task::spawn_blocking(move || write_refused(&dir, &refused)).await;
+            if !matches!(written, Ok(Ok(()))) {
+                tracing::error!(?written, "Cannot write the refused logIds for the next start; a trigger refused just before the fault may be reported after it.");
+            }
+        }
         background.cancel();
         // In-flight requests end at once (the store answers every flush with its fault); the
         // bound is for one stuck in a sled call, which the process exit then ends.
@@ -482,12 +494,6 @@ impl Executor {
         Error::StoreFailed(fault)
     }
 }
-
-/// A flush that has not completed after this long is a storage fault: sled 0.34 can wait forever
-/// for a write that failed, and every `/run` would wait with it. A minute, not seconds: a cheap
-/// SD card under heavy writeback (a job copying gigabytes to it) can hold one fsync for several
-/// seconds, and a fault costs a restart that reports every running job as interrupted.
-pub const FLUSH_STALL: Duration = Duration::from_secs(60);
 
 /// Declares the store failed when a flush has been under way for `stall` without completing.
 /// Looks at the store's flush counters once a second (no I/O).
@@ -742,6 +748,49 @@ impl Snapshot {
             })).collect::<Vec<_>>(),
         }))
     }
+}
+
+/// Where a storage fault leaves the logIds refused after their journal write (see
+/// [`Runner::forgotten`]), for the next start to drop.
+const REFUSED_FILE: &str = "refused-log-ids";
+
+/// Writes [`REFUSED_FILE`] (one logId per line), synced with its directory: the restart that
+/// reads it follows at once.
+fn write_refused(dir: &std::path::Path, ids: &[crate::job::LogId]) -> std::io::Result<()> {
+    use std::io::Write;
+    let text: String = ids.iter().map(|id| format!("{}\n", id.0)).collect();
+    let tmp = dir.join(format!(".{REFUSED_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(REFUSED_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// At start, before recovery: drops from the journal the triggers a storage fault left there
+/// after they were refused (still accepted or running: a finished one was not refused), makes
+/// that durable, then removes the file.
+fn drop_refused(store: &Store, dir: &std::path::Path) -> Result<(), Error> {
+    let path = dir.join(REFUSED_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::Io(e)),
+    };
+    let ids: Vec<crate::job::LogId> = text
+        .lines()
+        .filter_map(|l| l.trim().parse().ok().map(crate::job::LogId))
+        .collect();
+    for id in &ids {
+        store.forget_accepted(*id)?;
+    }
+    store.flush_now()?;
+    std::fs::remove_file(&path).map_err(Error::Io)?;
+    tracing::info!(
+        refused = ids.len(),
+        "Dropped the triggers refused just before the last storage fault."
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub(super) struct Raw {
     min_free_bytes: Option<i64>,
     max_log_bytes_per_run: Option<i64>,
     log_flush_ms: Option<i64>,
+    flush_stall_secs: Option<i64>,
 }
 
 /// Store settings.
@@ -34,6 +35,8 @@ pub struct StoreConfig {
     pub max_log_bytes_per_run: u64,
     /// A run's output is on disk at most this long after it was written (a crash keeps it).
     pub log_flush_every: Duration,
+    /// A flush still under way after this long is a storage fault (the executor exits 75).
+    pub flush_stall: Duration,
 }
 
 impl Raw {
@@ -70,6 +73,12 @@ impl Raw {
                 self.log_flush_ms,
                 1000,
                 10..=3_600_000,
+            ) as u64),
+            flush_stall: Duration::from_secs(c.int(
+                "store.flush_stall_secs",
+                self.flush_stall_secs,
+                60,
+                5..=3600,
             ) as u64),
         }
     }

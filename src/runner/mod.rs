@@ -86,7 +86,14 @@ struct Inner {
     outbox_ready: Arc<Notify>,
     tracker: TaskTracker,
     accepting: AtomicBool,
+    /// The latest triggers written to the journal and then refused (at most
+    /// [`FORGOTTEN_KEPT`]): after a storage fault their removal may not have reached the disk
+    /// while their record did, so the executor hands them to the next start to drop.
+    forgotten: Mutex<std::collections::VecDeque<LogId>>,
 }
+
+/// How many refused logIds [`Runner::forgotten`] remembers.
+const FORGOTTEN_KEPT: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means another thread panicked while holding it; the state is plain
@@ -127,6 +134,7 @@ impl Runner {
                 outbox_ready,
                 tracker: TaskTracker::new(),
                 accepting: AtomicBool::new(true),
+                forgotten: Mutex::new(std::collections::VecDeque::new()),
             }),
         }
     }
@@ -412,6 +420,13 @@ impl Runner {
 
     /// Removes a trigger that was written to the journal but not accepted after all.
     fn forget(&self, id: LogId) {
+        {
+            let mut f = lock(&self.inner.forgotten);
+            if f.len() >= FORGOTTEN_KEPT {
+                f.pop_front();
+            }
+            f.push_back(id);
+        }
         if let Err(e) = self.inner.store.forget_accepted(id) {
             self.store_failed(
                 Op::JournalWrite,
@@ -419,6 +434,12 @@ impl Runner {
                 &e,
             );
         }
+    }
+
+    /// The latest triggers that were written to the journal and then refused (their `/run`
+    /// answered an error): a start after a storage fault drops any of them it still finds.
+    pub(crate) fn forgotten(&self) -> Vec<LogId> {
+        lock(&self.inner.forgotten).iter().copied().collect()
     }
 
     /// Idempotency fast path: a key that already succeeded needs no queue at all. The
