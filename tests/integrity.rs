@@ -6,12 +6,9 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
-use std::net::SocketAddr;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc as std_mpsc;
+use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 use support::*;
@@ -20,13 +17,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_xxl-edge");
 /// The `logDateTime` the scenarios' triggers were first sent with.
 const OLD_TIME: i64 = 1_717_171_717_000;
 
-/// `xxl-edge serve` as a child process, its JSON log lines on a channel.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    lines: std_mpsc::Receiver<Value>,
-    client: reqwest::Client,
-}
+/// `xxl-edge serve` as a child process (`support::child`), with this file's triggers.
+struct Proc(support::child::Child);
 
 impl Proc {
     async fn start(config: &Path) -> Self {
@@ -36,99 +28,43 @@ impl Proc {
     /// `tmpdir`: the TMPDIR of a start that is expected to check the store on a private copy
     /// first (files changed since the last clean stop).
     async fn start_checked(config: &Path, tmpdir: Option<&Path>) -> Self {
-        let copy_expected = tmpdir.is_some();
         let mut cmd = Command::new(BIN);
         if let Some(t) = tmpdir {
             cmd.env("TMPDIR", t);
         }
-        let mut child = cmd
-            .args(["serve", "--log-json", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = std_mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let v = serde_json::from_str(&line).unwrap_or(json!({"raw": line}));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let (addr, lines) = tokio::task::spawn_blocking(move || {
-            // A start after a clean stop or a crash never copies the store to check it: only
-            // files changed while no executor ran are checked on a copy.
-            let v = wait_line(&rx, "started", |v| {
-                let msg = v["fields"]["message"].as_str().unwrap_or("");
-                assert!(copy_expected || !msg.contains("private copy"), "{v}");
-                msg == "xxl-edge executor started."
-            });
-            (v["fields"]["listen"].as_str().unwrap().parse().unwrap(), rx)
-        })
-        .await
-        .unwrap();
-        Self {
-            child,
-            addr,
-            lines,
-            client: reqwest::Client::new(),
+        cmd.args(["serve", "--log-json", "--config"]).arg(config);
+        let child = support::child::Child::start_command(cmd).await;
+        // A start after a clean stop or a crash never copies the store to check it: only
+        // files changed while no executor ran are checked on a copy.
+        if tmpdir.is_none() {
+            let log = child.log_text();
+            assert!(!log.contains("private copy"), "{log}");
         }
+        Self(child)
     }
 
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    async fn kill9(self) {
+        self.0.signal(nix::sys::signal::Signal::SIGKILL);
+        assert!(self.0.exited_within(GUARD).await.is_some(), "not killed");
     }
 
-    async fn sigterm(mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let st = tokio::task::spawn_blocking(move || self.child.wait().unwrap())
-            .await
-            .unwrap();
-        assert!(st.success(), "serve stopped with {st}");
+    async fn sigterm(self) {
+        self.0.signal(nix::sys::signal::Signal::SIGTERM);
+        let st = self.0.exited_within(GUARD).await;
+        assert!(st.is_some_and(|s| s.success()), "serve stopped with {st:?}");
     }
 
     async fn run(&self, log_id: i64, log_date_time: i64) -> Value {
-        self.client
-            .post(format!("http://{}/run", self.addr))
-            .header("XXL-JOB-ACCESS-TOKEN", "default_token")
-            .body(
+        self.0
+            .post(
+                "/run",
                 json!({"jobId": 1, "executorHandler": "fast", "logId": log_id,
                        "logDateTime": log_date_time, "glueType": "BEAN",
                        "executorBlockStrategy": "SERIAL_EXECUTION"})
                 .to_string(),
             )
-            .send()
             .await
             .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-}
-
-/// The next log line matching `pred`, within [`GUARD`].
-fn wait_line(rx: &std_mpsc::Receiver<Value>, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + GUARD;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let v = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|e| panic!("no log line {what}: {e}"));
-        if pred(&v) {
-            return v;
-        }
     }
 }
 
@@ -269,7 +205,7 @@ async fn state_after_kill_9_leaves_the_data_dir_byte_identical() {
     let site = Site::new(&admin.url(), "");
     let p = Proc::start(&site.config).await;
     runs(&admin, &p, 1..=10).await;
-    p.kill9();
+    p.kill9().await;
     std::fs::create_dir(site.dir.join("tmp")).unwrap();
     let before = files(&site.data());
     let out = site.state();
@@ -326,7 +262,7 @@ async fn a_store_damaged_after_a_crash_is_refused() {
     let site = Site::new(&admin.url(), "");
     let p = Proc::start(&site.config).await;
     runs(&admin, &p, 1..=10).await;
-    p.kill9();
+    p.kill9().await;
     site.damage();
     let out = site.serve_output();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -347,16 +283,10 @@ async fn pruned_log_ids_are_refused_and_a_rebuilt_admin_is_served() {
         .wait_until("100 callbacks", |a| a.delivered().len() == 100)
         .await;
     // Retention runs every 5 s while over budget.
-    let rx = p.lines;
-    let rx = tokio::task::spawn_blocking(move || {
-        wait_line(&rx, "pruned", |v| {
-            v["fields"]["message"] == "Pruned finished runs."
-        });
-        rx
+    p.0.wait_line("pruned", |v| {
+        v["fields"]["message"] == "Pruned finished runs."
     })
-    .await
-    .unwrap();
-    let p = Proc { lines: rx, ..p };
+    .await;
     for id in 1..=100 {
         let r = p.run(id, OLD_TIME).await;
         assert_eq!(r["code"], 500, "logId {id}: {r}");

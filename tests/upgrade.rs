@@ -7,11 +7,8 @@
 
 mod support;
 
-use std::io::BufRead;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc as std_mpsc;
+use std::process::Command;
 
 use serde_json::{json, Value};
 use support::*;
@@ -102,83 +99,21 @@ command = ["sh", "-c", "echo \"params bytes: $(wc -c < \"$XXL_JOB_PARAM_FILE\")\
     }
 }
 
-/// The executor binary as a child process.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    client: reqwest::Client,
-    /// The JSON log lines written before "started" (the migration's among them).
-    startup: Vec<Value>,
-}
+/// The executor binary as a child process (`support::child`).
+struct Proc(support::child::Child);
 
 impl Proc {
     async fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
-            .args(["serve", "--log-json", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = std_mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        // Drained continuously so the executor never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let v = serde_json::from_str(&line).unwrap_or(json!({"raw": line}));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let (addr, startup) = tokio::task::spawn_blocking(move || {
-            let deadline = std::time::Instant::now() + GUARD;
-            let mut startup = Vec::new();
-            loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                let v: Value = rx
-                    .recv_timeout(left)
-                    .unwrap_or_else(|e| panic!("executor did not start: {e}; {startup:?}"));
-                if v["fields"]["message"] == "xxl-edge executor started." {
-                    let addr: SocketAddr = v["fields"]["listen"].as_str().unwrap().parse().unwrap();
-                    // Keep draining in the background so the pipe never fills.
-                    std::thread::spawn(move || while rx.recv().is_ok() {});
-                    return (addr, startup);
-                }
-                startup.push(v);
-            }
-        })
-        .await
-        .unwrap();
-        Self {
-            child,
-            addr,
-            client: reqwest::Client::new(),
-            startup,
-        }
+        Self(support::child::Child::start(config).await)
     }
 
-    fn migrated(&self) -> Option<&Value> {
-        self.startup
-            .iter()
-            .find(|v| v["fields"]["message"] == MIGRATED)
+    /// The migration's log line (written before "started").
+    fn migrated(&self) -> Option<Value> {
+        self.0.find_line(|v| v["fields"]["message"] == MIGRATED)
     }
 
     async fn post(&self, path: &str, body: String) -> Value {
-        self.client
-            .post(format!("http://{}{}", self.addr, path))
-            .header("XXL-JOB-ACCESS-TOKEN", "default_token")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.0.post(path, body).await.unwrap()
     }
 
     async fn log(&self, log_id: i64) -> String {
@@ -191,15 +126,9 @@ impl Proc {
         r["data"]["logContent"].as_str().unwrap_or("").to_string()
     }
 
-    async fn sigterm(mut self) -> std::process::ExitStatus {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        tokio::task::spawn_blocking(move || self.child.wait().unwrap())
-            .await
-            .unwrap()
+    async fn sigterm(self) -> std::process::ExitStatus {
+        self.0.signal(nix::sys::signal::Signal::SIGTERM);
+        self.0.exited_within(GUARD).await.expect("serve stopped")
     }
 }
 
@@ -323,7 +252,7 @@ async fn a_schema_1_store_is_migrated_and_its_work_goes_on() {
 
     // A second start has nothing to migrate and nothing to redo.
     let p = Proc::start(&site.config).await;
-    assert!(p.migrated().is_none(), "{:?}", p.startup);
+    assert!(p.migrated().is_none(), "{}", p.0.log_text());
     assert!(p.log(110).await.contains("params bytes: 70000"));
     assert!(p.sigterm().await.success());
     assert_eq!(admin.delivered().len(), 8);

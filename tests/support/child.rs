@@ -103,8 +103,8 @@ impl Child {
                 let notified = self.new_line.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if let Some(v) = self.lines.lock().unwrap().iter().find(|v| pred(v)) {
-                    return v.clone();
+                if let Some(v) = self.find_line(&pred) {
+                    return v;
                 }
                 if let Some(status) = *self.exit.borrow() {
                     panic!(
@@ -120,6 +120,11 @@ impl Child {
             Ok(v) => v,
             Err(_) => panic!("timed out waiting for {what}; log:\n{}", self.log_text()),
         }
+    }
+
+    /// The first log line so far that satisfies `pred`, without waiting.
+    pub fn find_line(&self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.lines.lock().unwrap().iter().find(|v| pred(v)).cloned()
     }
 
     /// Every log line so far, one per line.
