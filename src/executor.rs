@@ -757,14 +757,12 @@ const REFUSED_FILE: &str = "refused-log-ids";
 /// Writes [`REFUSED_FILE`] (one logId per line), synced with its directory: the restart that
 /// reads it follows at once.
 fn write_refused(dir: &std::path::Path, ids: &[crate::job::LogId]) -> std::io::Result<()> {
-    use std::io::Write;
     let text: String = ids.iter().map(|id| format!("{}\n", id.0)).collect();
-    let tmp = dir.join(format!(".{REFUSED_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(REFUSED_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+    crate::private_file::replace_durably(
+        &dir.join(format!(".{REFUSED_FILE}.tmp")),
+        &dir.join(REFUSED_FILE),
+        text.as_bytes(),
+    )
 }
 
 /// At start, before recovery: drops from the journal the triggers a storage fault left there

@@ -49,9 +49,6 @@ pub(crate) struct RunLogs {
 struct Shared {
     store: Store,
     cap: u64,
-    /// One more than the highest flush epoch seen by an append ([`Store::flush_epoch`]), 0
-    /// before any: lines are on disk once the store has completed a flush after that epoch.
-    last_write: Arc<AtomicU64>,
     live: Mutex<HashMap<LogId, Weak<LogInner>>>,
     /// Chunks written to the store that may not be on disk yet: the flush epoch read after
     /// each write, with when its oldest line was written (one entry per epoch).
@@ -82,7 +79,6 @@ struct LogInner {
     used: AtomicU64,
     cap: u64,
     truncated: AtomicBool,
-    last_write: Arc<AtomicU64>,
     unflushed_writes: Arc<Mutex<VecDeque<(u64, Instant)>>>,
 }
 
@@ -111,7 +107,6 @@ impl RunLogs {
             inner: Arc::new(Shared {
                 store,
                 cap,
-                last_write: Arc::new(AtomicU64::new(0)),
                 live: Mutex::new(HashMap::new()),
                 unflushed_writes: Arc::default(),
                 on_error: Box::new(on_error),
@@ -146,7 +141,6 @@ impl RunLogs {
             }),
             used: AtomicU64::new(0),
             cap: self.inner.cap,
-            last_write: self.inner.last_write.clone(),
             unflushed_writes: self.inner.unflushed_writes.clone(),
             truncated: AtomicBool::new(false),
         });
@@ -156,13 +150,17 @@ impl RunLogs {
 
     /// Writes the buffered lines of every live log to the store.
     pub(crate) fn save_all(&self) {
-        let live: Vec<_> = lock(&self.inner.live)
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for l in live {
+        for l in self.live_logs() {
             l.save();
         }
+    }
+
+    /// The logs someone still writes to (taken out of the map's lock before they are used).
+    fn live_logs(&self) -> Vec<Arc<LogInner>> {
+        lock(&self.inner.live)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 
     /// Writes the buffered lines of one run's log to the store, if it is live.
@@ -178,16 +176,28 @@ impl RunLogs {
     /// flush since then carried (a `/run`'s, an outcome's) do not count, so a busy executor
     /// adds no flush of its own, and an idle one none at all.
     pub(crate) fn due(&self, age: std::time::Duration) -> bool {
-        let live: Vec<_> = lock(&self.inner.live)
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for l in live {
+        for l in self.live_logs() {
             let mut p = lock(&l.pending);
             if p.since.is_some_and(|t| t.elapsed() >= age) {
                 l.write_locked(&mut p);
             }
         }
+        // Entries are in epoch order; their times need not be (a chunk buffered long is
+        // written late), so every waiting one is looked at.
+        self.waiting_writes()
+            .iter()
+            .any(|(_, t)| t.elapsed() >= age)
+    }
+
+    /// True when a line was written that no completed flush has put on disk yet (call
+    /// [`RunLogs::save_all`] first: lines still buffered are not counted).
+    pub(crate) fn unflushed(&self) -> bool {
+        !self.waiting_writes().is_empty()
+    }
+
+    /// The written chunks no completed flush has carried yet: those that one has carried
+    /// are dropped first (flush epochs only grow, so they are at the front).
+    fn waiting_writes(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Instant)>> {
         let mut w = lock(&self.inner.unflushed_writes);
         while w
             .front()
@@ -195,19 +205,7 @@ impl RunLogs {
         {
             w.pop_front();
         }
-        // Entries are in epoch order; their times need not be (a chunk buffered long is
-        // written late), so every waiting one is looked at.
-        w.iter().any(|(_, t)| t.elapsed() >= age)
-    }
-
-    /// True when a line was written that no completed flush has put on disk yet (call
-    /// [`RunLogs::save_all`] first: lines still buffered are not counted).
-    pub(crate) fn unflushed(&self) -> bool {
-        // Stored as epoch + 1, so that 0 means "nothing written".
-        match self.inner.last_write.load(Ordering::Acquire) {
-            0 => false,
-            e => !self.inner.store.is_flushed(e - 1),
-        }
+        w
     }
 
     /// Runs with a live log (for tests and the state view).
@@ -233,7 +231,6 @@ impl LogInner {
         // Read after the write: a flush that begins after this epoch carries the chunk (one
         // that began before may have missed it).
         let epoch = self.store.flush_epoch();
-        self.last_write.fetch_max(epoch + 1, Ordering::AcqRel);
         let since = p.since.take().unwrap_or_else(Instant::now);
         let mut w = lock(&self.unflushed_writes);
         match w.back_mut() {

@@ -23,7 +23,6 @@
 //! has recovered the files in place: copying a store of up to `store.max_bytes` at every restart
 //! would cost more than the restart.
 
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -123,18 +122,7 @@ fn read_anchor(dir: &Path) -> std::result::Result<Option<Anchor>, String> {
 /// executor. Mode 0600 like every file of the store.
 fn write_anchor(dir: &Path, a: &Anchor) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(a).map_err(std::io::Error::other)?;
-    let tmp = dir.join(ANCHOR_TMP);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(ANCHOR_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+    crate::private_file::replace_durably(&dir.join(ANCHOR_TMP), &dir.join(ANCHOR_FILE), &bytes)
 }
 
 /// sled's files (not the anchor, not the large-trigger files), sorted by name.
