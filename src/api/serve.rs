@@ -9,6 +9,11 @@
 //! It is also the one place for per-connection policy ([`ConnLimits`]): a cap on open
 //! connections where [`serve`] accepts, the header-read and idle timeouts in [`TimedIo`], and a
 //! deadline on the graceful shutdown, so that no client can keep the process from stopping.
+//!
+//! With TLS ([`serve_tls`]) the handshake runs in the connection's own task, under the same
+//! header-read timeout as the request head: the clock starts at accept and covers the handshake
+//! and the first head, so a client that stalls in the handshake is closed as one that stalls in
+//! its head is. The bytes it counts are the socket's ([`TimedIo`] sits under the TLS layer).
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -34,6 +39,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::tls::ServerTls;
+
+/// The peer of the connection a request came on, put in each request's extensions (the API's
+/// per-peer token budget reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// The per-connection limits of [`serve`], and the cap on open connections, shared by every
 /// listener that is given a clone.
@@ -139,6 +150,28 @@ pub async fn serve<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    serve_tls(listener, service, shutdown, limits, None).await;
+}
+
+/// [`serve`], with TLS on every connection when `tls` is given: each connection is handshaken
+/// with the configuration in force when it was accepted (a reload changes new connections
+/// only).
+pub async fn serve_tls<S, B>(
+    listener: TcpListener,
+    service: S,
+    shutdown: CancellationToken,
+    limits: ConnLimits,
+    tls: Option<Arc<ServerTls>>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     let graceful = GracefulShutdown::new();
     let connections = TaskTracker::new();
     let drop_all = CancellationToken::new();
@@ -190,20 +223,34 @@ pub async fn serve<S, B>(
         let service = Tracked {
             inner: service.clone(),
             clock,
+            peer,
         };
-        let conn = connection_builder().serve_connection(TokioIo::new(io), service);
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
         let drop_all = drop_all.clone();
+        // Taken at accept: a reload after this changes the connections accepted after it.
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let (shutdown, header_read) = (shutdown.clone(), limits.header_read);
         connections.spawn(async move {
             let _permit = permit;
-            tokio::select! {
-                r = conn => {
-                    if let Err(e) = r {
-                        log_connection_error(&e, peer);
+            let Some(acceptor) = acceptor else {
+                let conn = connection_builder().serve_connection(TokioIo::new(io), service);
+                return run_connection(watcher.watch(conn), &drop_all, peer).await;
+            };
+            let handshake = tokio::time::timeout(header_read, acceptor.accept(io));
+            let io = tokio::select! {
+                r = handshake => match r {
+                    Ok(Ok(io)) => io,
+                    Ok(Err(e)) => return log_handshake_error(&e, peer),
+                    Err(_) => {
+                        tracing::debug!(%peer, "Closed a connection that did not finish its TLS handshake within the header read timeout.");
+                        return;
                     }
-                }
-                () = drop_all.cancelled() => {}
-            }
+                },
+                // Not yet a connection to let finish: it is dropped.
+                () = shutdown.cancelled() => return,
+            };
+            let conn = connection_builder().serve_connection(TokioIo::new(io), service);
+            run_connection(watcher.watch(conn), &drop_all, peer).await;
         });
     }
     drop(listener);
@@ -220,6 +267,33 @@ pub async fn serve<S, B>(
         drop_all.cancel();
     }
     connections.wait().await;
+}
+
+/// Runs one connection until it ends, or until the shutdown deadline drops it.
+async fn run_connection(
+    conn: impl Future<Output = Result<(), hyper::Error>>,
+    drop_all: &CancellationToken,
+    peer: SocketAddr,
+) {
+    tokio::select! {
+        r = conn => {
+            if let Err(e) = r {
+                log_connection_error(&e, peer);
+            }
+        }
+        () = drop_all.cancelled() => {}
+    }
+}
+
+/// A failed handshake is the client's business (a scanner, a plain-HTTP client, a client
+/// without an accepted certificate): DEBUG for one that left, INFO otherwise, so that refused
+/// client certificates can be seen without drowning the log.
+fn log_handshake_error(e: &io::Error, peer: SocketAddr) {
+    if is_peer_gone(e.kind()) || e.kind() == io::ErrorKind::TimedOut {
+        tracing::debug!(%peer, error = %e, "A client left during the TLS handshake.");
+    } else {
+        tracing::info!(%peer, error = %e, "TLS handshake refused.");
+    }
 }
 
 /// The settings of every connection: HTTP/1.1 only (every admin generation speaks it; the
@@ -303,6 +377,7 @@ impl Drop for BusyGuard {
 struct Tracked<S> {
     inner: S,
     clock: Arc<ConnClock>,
+    peer: SocketAddr,
 }
 
 impl<S, B> Service<Request<Incoming>> for Tracked<S>
@@ -314,7 +389,8 @@ where
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<B>, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(PeerAddr(self.peer));
         self.clock.set(|_| Phase::Busy);
         let guard = BusyGuard(self.clock.clone());
         let fut = self.inner.call(req);
