@@ -401,16 +401,12 @@ fn transport_error(e: &reqwest::Error, url: &str) -> AdminError {
 }
 
 /// The rustls error in `e`'s chain, when it is about a certificate. `io::Error::source` skips
-/// the error it wraps, so each `io::Error` is opened too.
+/// the error it wraps (hyper-rustls nests the rustls error two `io::Error`s deep), so each
+/// `io::Error` is opened instead.
 fn tls_verify_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = next {
-        let rustls_err = err.downcast_ref::<rustls::Error>().or_else(|| {
-            err.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(r) = rustls_err {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
             use rustls::AlertDescription as A;
             return match r {
                 rustls::Error::InvalidCertificate(_)
@@ -428,7 +424,13 @@ fn tls_verify_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
                 _ => None,
             };
         }
-        next = err.source();
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     None
 }
