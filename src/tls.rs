@@ -316,3 +316,116 @@ async fn next_tick(t: &mut Option<tokio::time::Interval>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A self-signed certificate for 127.0.0.1 and its key, as PEM.
+    pub(crate) fn self_signed() -> (String, String) {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        (cert.pem(), signing_key.serialize_pem())
+    }
+
+    /// The files of a [`self_signed`] certificate in `dir`, and their configuration.
+    pub(crate) fn files_in(dir: &Path) -> ServerTlsConfig {
+        let (cert, key) = self_signed();
+        let files = ServerTlsConfig {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            client_ca: None,
+            reload_every: None,
+        };
+        std::fs::write(&files.cert, cert).unwrap();
+        std::fs::write(&files.key, key).unwrap();
+        files
+    }
+
+    fn in_force(t: &ServerTls) -> Arc<ServerConfig> {
+        t.current.read().unwrap().clone()
+    }
+
+    #[test]
+    fn a_reload_takes_new_files_refuses_broken_ones_once_and_keeps_the_old_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files_in(dir.path());
+        let t = ServerTls::load(&files).unwrap();
+        let first = in_force(&t);
+        assert!(matches!(t.reload(false), Reload::Unchanged));
+        assert!(Arc::ptr_eq(&first, &in_force(&t)));
+        // SIGHUP reloads even unchanged files.
+        assert!(matches!(t.reload(true), Reload::Reloaded));
+        let second = in_force(&t);
+        assert!(!Arc::ptr_eq(&first, &second));
+
+        // A new certificate without its key: refused, once; the config in force stays.
+        let (cert, key) = self_signed();
+        std::fs::write(&files.cert, &cert).unwrap();
+        let Reload::Refused(e) = t.reload(false) else {
+            panic!("a key that does not match was taken")
+        };
+        assert!(e.to_string().contains("certificate and key"), "{e}");
+        assert!(matches!(t.reload(false), Reload::Unchanged));
+        assert!(Arc::ptr_eq(&second, &in_force(&t)));
+        std::fs::write(&files.key, "-----BEGIN PRIVATE KEY-----\nnope\n").unwrap();
+        assert!(matches!(
+            t.reload(false),
+            Reload::Refused(TlsError::Pem { .. })
+        ));
+        std::fs::remove_file(&files.key).unwrap();
+        assert!(matches!(
+            t.reload(false),
+            Reload::Refused(TlsError::Read { .. })
+        ));
+        assert!(Arc::ptr_eq(&second, &in_force(&t)));
+        // The key arrives: taken.
+        std::fs::write(&files.key, &key).unwrap();
+        assert!(matches!(t.reload(false), Reload::Reloaded));
+        assert!(!Arc::ptr_eq(&second, &in_force(&t)));
+    }
+
+    /// A handshake over an in-memory pipe with a client that speaks only `version`.
+    async fn handshake(t: &ServerTls, version: &'static rustls::SupportedProtocolVersion) {
+        let mut roots = RootCertStore::empty();
+        let cert = std::fs::read(&t.files.cert).unwrap();
+        roots
+            .add(CertificateDer::from_pem_slice(&cert).unwrap())
+            .unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let (server, client) = tokio::join!(t.acceptor().accept(a), connector.connect(name, b));
+        let (server, client) = (server.unwrap(), client.unwrap());
+        assert_eq!(server.get_ref().1.protocol_version(), Some(version.version));
+        assert_eq!(client.get_ref().1.alpn_protocol(), None);
+    }
+
+    #[tokio::test]
+    async fn tls_1_2_and_1_3_are_both_spoken() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = ServerTls::load(&files_in(dir.path())).unwrap();
+        assert_eq!(in_force(&t).alpn_protocols, vec![b"http/1.1".to_vec()]);
+        handshake(&t, &rustls::version::TLS12).await;
+        handshake(&t, &rustls::version::TLS13).await;
+    }
+
+    #[test]
+    fn files_that_cannot_be_used_are_named_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = files_in(dir.path());
+        std::fs::write(&files.cert, "hello").unwrap();
+        let e = ServerTls::load(&files).unwrap_err().to_string();
+        assert!(e.contains("cert.pem") && e.contains("CERTIFICATE"), "{e}");
+        files.cert = dir.path().join("missing.pem");
+        let e = ServerTls::load(&files).unwrap_err().to_string();
+        assert!(e.contains("cannot read the certificate"), "{e}");
+    }
+}

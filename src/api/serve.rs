@@ -613,6 +613,50 @@ mod tests {
         b.reset();
         assert_eq!(b.after(&emfile), Some(Duration::from_millis(10)));
     }
+
+    /// A TLS handshake is bound by the header-read timeout from accept, as a request head is;
+    /// a handshake still under way at shutdown does not hold the shutdown up.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_tls_handshake_is_closed_at_the_header_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const GUARD: Duration = Duration::from_secs(20);
+        // A record header that announces a ClientHello of 512 bytes, and one byte of it.
+        const HALF_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+
+        let dir = tempfile::tempdir().unwrap();
+        let tls = ServerTls::load(&crate::tls::tests::files_in(dir.path())).unwrap();
+        let limits = ConnLimits::new(Duration::from_secs(10), Duration::from_secs(90), GUARD, 100);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(String::from("ok")))
+        });
+        let task = tokio::spawn(serve_tls(listener, svc, stop.clone(), limits, Some(tls)));
+
+        for hello in [HALF_HELLO, &[]] {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(hello).await.unwrap();
+            let started = Instant::now();
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(GUARD * 10, s.read_to_end(&mut out))
+                .await
+                .expect("the server closes the connection");
+            assert_eq!(started.elapsed(), Duration::from_secs(10));
+        }
+
+        let mut pending = TcpStream::connect(addr).await.unwrap();
+        pending.write_all(HALF_HELLO).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let stopping = Instant::now();
+        stop.cancel();
+        tokio::time::timeout(GUARD, task).await.unwrap().unwrap();
+        assert!(
+            stopping.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            stopping.elapsed()
+        );
+    }
 }
 
 /// On real sockets: hang-ups and graceful shutdown.
