@@ -388,14 +388,11 @@ impl Executor {
         };
 
         let tls_watch = self.tls.clone().map(|t| {
+            let files = self.config.executor.tls.as_ref();
             tracing::info!(
-                client_ca = self
-                    .config
-                    .executor
-                    .tls
-                    .as_ref()
-                    .is_some_and(|f| f.client_ca.is_some()),
-                "The executor port speaks TLS; SIGHUP or a change of the files reloads them."
+                client_ca = files.is_some_and(|f| f.client_ca.is_some()),
+                reload_secs = files.and_then(|f| f.reload_every).map_or(0.0, |d| d.as_secs_f64()),
+                "The executor port speaks TLS; SIGHUP reloads its files, and so does a change of them every reload_secs (0: SIGHUP only)."
             );
             tokio::spawn(t.watch(stop_http.clone()))
         });

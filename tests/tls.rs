@@ -632,3 +632,44 @@ async fn a_peer_that_spent_its_wrong_token_budget_is_refused() {
     );
     ex.shutdown().await;
 }
+
+/// `check-config` warns about a token sent in clear text to a reachable port, and not once TLS
+/// is on (the registered address then shows `https://`).
+#[test]
+fn check_config_warns_about_a_token_in_clear_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    let (cert, key) = install(dir.path(), &ca.leaf("executor", false));
+    let check = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
+            .arg("check-config")
+            .env_remove("XXL_JOB_ACCESS_TOKEN")
+            .env_remove("XXL_EDGE_LISTEN")
+            .envs(env.iter().copied())
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let warning = "note: an access token is configured but the port speaks plain HTTP on 0.0.0.0";
+    let out = check(&[("XXL_JOB_ACCESS_TOKEN", "t")]);
+    assert!(out.contains(warning), "{out}");
+    let out = check(&[
+        ("XXL_JOB_ACCESS_TOKEN", "t"),
+        ("XXL_EDGE_LISTEN", "127.0.0.1"),
+    ]);
+    assert!(!out.contains("note:"), "{out}");
+    let out = check(&[
+        ("XXL_JOB_ACCESS_TOKEN", "t"),
+        ("XXL_EDGE_TLS_CERT", cert.to_str().unwrap()),
+        ("XXL_EDGE_TLS_KEY", key.to_str().unwrap()),
+        ("XXL_JOB_EXECUTOR_IP", "10.0.0.5"),
+    ]);
+    assert!(!out.contains("note:"), "{out}");
+    assert!(
+        out.contains("registered address = https://10.0.0.5:9999/"),
+        "{out}"
+    );
+    assert!(out.contains("executor.tls_cert = "), "{out}");
+}

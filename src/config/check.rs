@@ -91,7 +91,7 @@ impl super::Config {
         let e = &self.executor;
         if !self.admin.access_token.is_empty() && e.tls.is_none() && !e.listen.is_loopback() {
             notes.push(format!(
-                "warning: an access token is configured but the port speaks plain HTTP on \
+                "an access token is configured but the port speaks plain HTTP on \
                  {} (executor.listen, not a loopback address): the token crosses the network \
                  in clear text on every request; set executor.tls_cert and executor.tls_key, \
                  or listen on 127.0.0.1 behind a TLS proxy.",
