@@ -19,8 +19,10 @@
 #   CROSS_UNWIND_PROBE  0 = skip the panic=unwind probe (default 1)
 #   CROSS_KEEP          1 = keep smoke-test data dirs and configs
 #
-# Output: one line per target (triple, size of the stripped binary in bytes, smoke ok/FAIL, and
-# informational timings), a summary, and a non-zero exit if any target failed.
+# Output: one line per target (triple, size of the stripped binary in bytes, smoke ok/FAIL, the
+# https smoke ok/FAIL, and informational timings), a summary, and a non-zero exit if any target
+# failed. The https smoke test makes its certificate with openssl at run time (installed with the
+# rest; a key committed to the repository would be one more secret-looking file to explain).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -70,7 +72,7 @@ if [ "${CROSS_SKIP_INSTALL:-0}" != 1 ]; then
     say "apt-get update failed (try $i/5), retrying in 10 s"; tail -3 "$LOGDIR/apt-update.log" >&2; sleep 10
   done
   [ $ok = 1 ] || die "apt-get update kept failing; see $LOGDIR/apt-update.log"
-  pkgs=(rustc-web cargo-web rust-web-src qemu-user curl python3-venv ca-certificates)
+  pkgs=(rustc-web cargo-web rust-web-src qemu-user curl openssl python3-venv ca-certificates)
   [ $need_gcc_a64 = 1 ] && pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
   [ $need_gcc_arm = 1 ] && pkgs+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
   say "apt-get install ${pkgs[*]}"
@@ -280,6 +282,62 @@ EOF
 }
 
 # ---------------------------------------------------------------------------------------------
+# TLS smoke test: the same binary with executor.tls_cert/tls_key (a self-signed certificate for
+# 127.0.0.1 made here), one https /beat verified against that certificate, then SIGTERM.
+TLS_MSG=""; TLS_RSS=""
+smoke_tls() {   # T QEMU PORT BINARY -> returns 0/1, sets TLS_MSG TLS_RSS
+  local T=$1 Q=$2 port=$3 bin=$4
+  local dir=/tmp/xxl-edge-smoke-tls-$T log=$LOGDIR/smoke-tls-$T.log
+  local pid r i st beat=0
+  TLS_MSG=""; TLS_RSS="-"
+  command -v openssl >/dev/null || { TLS_MSG="openssl not found (it is installed unless CROSS_SKIP_INSTALL=1)"; return 1; }
+  rm -rf "$dir"; mkdir -p "$dir"
+  if ! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+      -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+      -keyout "$dir/key.pem" -out "$dir/cert.pem" >"$log" 2>&1; then
+    TLS_MSG="openssl could not make the test certificate (see $log)"; return 1
+  fi
+  cat >"$dir/xxl-edge.toml" <<EOF
+[admin]
+addresses = ["http://127.0.0.1:9/xxl-job-admin"]
+access_token = "smoke"
+timeout_secs = 1
+[executor]
+listen = "127.0.0.1"
+port = $port
+data_dir = "$dir/data"
+tls_cert = "$dir/cert.pem"
+tls_key = "$dir/key.pem"
+EOF
+  # shellcheck disable=SC2086  # $Q is a word list on purpose
+  "${NOPROXY_ENV[@]}" $Q "$bin" serve --config "$dir/xxl-edge.toml" >>"$log" 2>&1 &
+  pid=$!; LIVE_PID=$pid
+  r=""
+  for i in $(seq 1 600); do           # at most ~60 s (+ curl time) until https /beat answers
+    kill -0 "$pid" 2>/dev/null || { TLS_MSG="exited before answering https /beat"; break; }
+    r=$(curl -sS --noproxy '*' --max-time 5 --cacert "$dir/cert.pem" -X POST \
+          -H 'XXL-JOB-ACCESS-TOKEN: smoke' "https://127.0.0.1:$port/beat" 2>&1 || true)
+    if grep -q '"code":200' <<<"$r"; then beat=1; break; fi
+    sleep 0.1
+  done
+  if [ $beat = 0 ]; then
+    [ -n "$TLS_MSG" ] || TLS_MSG="https /beat never answered code 200 (last: ${r:-none})"
+    stop_kill "$pid"; return 1
+  fi
+  TLS_RSS=$(awk '/^VmHWM/{print $2" kB"}' "/proc/$pid/status" 2>/dev/null || echo -)
+  kill -TERM "$pid"
+  for i in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done   # <= 30 s
+  if kill -0 "$pid" 2>/dev/null; then
+    TLS_MSG="did not exit within 30 s of SIGTERM"
+    stop_kill "$pid"; return 1
+  fi
+  st=0; wait "$pid" || st=$?; LIVE_PID=""
+  [ "$st" = 0 ] || { TLS_MSG="exit status $st after SIGTERM"; return 1; }
+  [ "${CROSS_KEEP:-0}" = 1 ] || rm -rf "$dir"
+  return 0
+}
+
+# ---------------------------------------------------------------------------------------------
 say "install/check step: ${t_install}s; targets: ${TARGETS[*]}"
 cd "$REPO"
 fail=0; port=18100; RESULTS=()
@@ -303,7 +361,11 @@ for T in "${TARGETS[@]}"; do
   say "smoke-testing $T under '$Q' on 127.0.0.1:$port"
   if smoke "$T" "$B" "$Q" "$port" "$bin"; then s=ok; else s=FAIL; fail=1
     say "smoke $T FAILED: $SMOKE_MSG"; tail -20 "$LOGDIR/smoke-$T.log" >&2; fi
-  line="$T size=$size bytes smoke=$s build=${bt}s first-beat=$FIRST_BEAT qemu-VmHWM=$RSS unwind=$unwind"
+  port=$((port + 1)); while ! port_free "$port"; do port=$((port + 1)); done
+  say "https smoke-testing $T on 127.0.0.1:$port"
+  if smoke_tls "$T" "$Q" "$port" "$bin"; then ts=ok; else ts=FAIL; fail=1
+    say "https smoke $T FAILED: $TLS_MSG"; tail -20 "$LOGDIR/smoke-tls-$T.log" >&2; fi
+  line="$T size=$size bytes smoke=$s https-smoke=$ts build=${bt}s first-beat=$FIRST_BEAT qemu-VmHWM=$RSS https-VmHWM=$TLS_RSS unwind=$unwind"
   echo "$line"; RESULTS+=("$line")
 done
 

@@ -34,6 +34,9 @@ pub enum Error {
     /// The admin client could not be built.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// The TLS files of the executor port cannot be used.
+    #[error("TLS (executor.tls_*): {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -98,6 +101,11 @@ impl ExecutorBuilder {
     /// An unusable store (corrupt, locked, wrong schema) or a failed client setup.
     pub async fn build(self) -> Result<Executor, Error> {
         let config = self.config.unwrap_or_else(Config::defaults);
+        // Before the store: unusable TLS files stop the start before any run is recovered.
+        let tls = match &config.executor.tls {
+            Some(files) => Some(crate::tls::ServerTls::load(files)?),
+            None => None,
+        };
         let mut handlers = self.handlers;
         for (name, cmd) in &config.handlers {
             let mut h = Handler::new(CommandHandler::new(cmd.clone(), config.runner.kill_grace))
@@ -195,6 +203,7 @@ impl ExecutorBuilder {
         let admin = AdminClient::new(&config.admin, metrics.clone())?;
         Ok(Executor {
             config,
+            tls,
             store,
             logs,
             runner,
@@ -211,6 +220,8 @@ impl ExecutorBuilder {
 #[derive(Debug)]
 pub struct Executor {
     config: Config,
+    /// TLS on the API port (`/metrics` there included); `telemetry.metrics_listen` stays plain.
+    tls: Option<Arc<crate::tls::ServerTls>>,
     store: Store,
     logs: RunLogs,
     runner: Runner,
@@ -358,6 +369,9 @@ impl Executor {
             admins = ?self.admin.addresses(),
             "xxl-edge executor started."
         );
+        for note in self.config.transport_notes() {
+            tracing::warn!("{note}");
+        }
         let reg_stop = CancellationToken::new();
         let reg_task = tokio::spawn(registrar.clone().run(reg_stop.clone()));
         let watchdog = {
@@ -373,12 +387,22 @@ impl Executor {
             ))
         };
 
+        let tls_watch = self.tls.clone().map(|t| {
+            let files = self.config.executor.tls.as_ref();
+            tracing::info!(
+                client_ca = files.is_some_and(|f| f.client_ca.is_some()),
+                reload_secs = files.and_then(|f| f.reload_every).map_or(0.0, |d| d.as_secs_f64()),
+                "The executor port speaks TLS; SIGHUP reloads its files, and so does a change of them every reload_secs (0: SIGHUP only)."
+            );
+            tokio::spawn(t.watch(stop_http.clone()))
+        });
         // Served in its own task: while the store is failed, `/run` still answers (500).
-        let http = tokio::spawn(api::serve::serve(
+        let http = tokio::spawn(api::serve::serve_tls(
             listener,
             api::service(state),
             stop_http.clone(),
             conn_limits,
+            self.tls.clone(),
         ));
         let fault = tokio::select! {
             () = stop_http.cancelled() => None,
@@ -398,6 +422,9 @@ impl Executor {
                 .await);
         }
         let _ = http.await;
+        if let Some(t) = tls_watch {
+            let _ = t.await;
+        }
         tracing::info!("Shutting down: no new triggers are accepted.");
 
         reg_stop.cancel();

@@ -21,6 +21,7 @@
 //! - [`registry`]: the 30 s registration loop and `registryRemove`.
 //! - [`api`]: the warp routes and the single error-to-envelope mapping.
 //! - [`executor`]: `Executor::builder()` wiring and graceful shutdown.
+//! - [`tls`]: TLS on the executor port, with certificates reloaded when they change.
 //!
 //! # Example
 //! ```no_run
@@ -49,6 +50,7 @@ pub mod handler;
 pub mod job;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 
 // The executor's parts: crate-private. The `internals` feature makes three of them public for the
 // project's own micro benchmarks only; nothing there is a stable interface.

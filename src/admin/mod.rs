@@ -32,6 +32,13 @@ pub enum AdminError {
     /// Connect, timeout or protocol error.
     #[error("xxl-job remoting error({0}), for url : {1}")]
     Transport(String, String),
+    /// The admin's TLS certificate failed verification (system roots, or `admin.tls_ca`), or
+    /// the admin refused ours.
+    #[error("TLS verification failed ({0}), for url : {1}")]
+    TlsVerify(String, String),
+    /// `admin.tls_ca` or `admin.tls_cert`/`admin.tls_key` cannot be used.
+    #[error("admin TLS setup: {0}")]
+    TlsSetup(String),
     /// The admin answered with an HTTP status other than 200.
     #[error("Http Request fail, statusCode({0}) for url : {1}")]
     Status(u16, String),
@@ -54,6 +61,8 @@ impl AdminError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Transport(..) => "unreachable",
+            Self::TlsVerify(..) => "tls_verify_failed",
+            Self::TlsSetup(..) => "tls_setup",
             Self::Status(..) => "http_error",
             Self::Redirect(..) => "redirect",
             Self::Rejected(..) => "rejected",
@@ -109,7 +118,7 @@ impl AdminClient {
     /// # Errors
     /// The TLS backend could not be initialised.
     pub fn new(cfg: &AdminConfig, metrics: Metrics) -> Result<Self, AdminError> {
-        let http = reqwest::Client::builder()
+        let http = tls_settings(reqwest::Client::builder(), cfg)?
             .connect_timeout(cfg.timeout)
             .timeout(cfg.timeout)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -282,7 +291,7 @@ impl AdminClient {
             .body(json)
             .send()
             .await
-            .map_err(|e| AdminError::Transport(error_chain(&e), url.clone()))?;
+            .map_err(|e| transport_error(&e, &url))?;
         let status = resp.status().as_u16();
         if resp.status().is_redirection() {
             let location = resp
@@ -342,6 +351,88 @@ async fn read_capped(mut resp: reqwest::Response, url: &str) -> Result<Vec<u8>, 
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// `admin.tls_ca` (the only roots `https://` admins are verified against when set; the
+/// system's otherwise) and the client identity.
+fn tls_settings(
+    b: reqwest::ClientBuilder,
+    cfg: &AdminConfig,
+) -> Result<reqwest::ClientBuilder, AdminError> {
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read(p)
+            .map_err(|e| AdminError::TlsSetup(format!("cannot read {what} {}: {e}", p.display())))
+    };
+    let mut b = b.tls_version_min(reqwest::tls::Version::TLS_1_2);
+    if let Some(ca) = &cfg.tls_ca {
+        let certs = reqwest::Certificate::from_pem_bundle(&read("admin.tls_ca", ca)?)
+            .map_err(|e| AdminError::TlsSetup(format!("admin.tls_ca {}: {e}", ca.display())))?;
+        if certs.is_empty() {
+            return Err(AdminError::TlsSetup(format!(
+                "admin.tls_ca {} holds no PEM certificate",
+                ca.display()
+            )));
+        }
+        b = b.tls_certs_only(certs);
+    }
+    if let Some((cert, key)) = &cfg.tls_identity {
+        let mut pem = read("admin.tls_cert", cert)?;
+        pem.push(b'\n');
+        pem.extend_from_slice(&read("admin.tls_key", key)?);
+        let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            AdminError::TlsSetup(format!(
+                "admin.tls_cert {} / admin.tls_key {}: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })?;
+        b = b.identity(id);
+    }
+    Ok(b)
+}
+
+/// A failed send: a certificate that failed verification (ours of the admin's, or the admin's
+/// of ours) is told apart from an unreachable admin, since the fix is a CA file, not the network.
+fn transport_error(e: &reqwest::Error, url: &str) -> AdminError {
+    match tls_verify_failure(e) {
+        Some(why) => AdminError::TlsVerify(why, url.to_string()),
+        None => AdminError::Transport(error_chain(e), url.to_string()),
+    }
+}
+
+/// The rustls error in `e`'s chain, when it is about a certificate. `io::Error::source` skips
+/// the error it wraps (hyper-rustls nests the rustls error two `io::Error`s deep), so each
+/// `io::Error` is opened instead.
+fn tls_verify_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            use rustls::AlertDescription as A;
+            return match r {
+                rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::AlertReceived(
+                    A::BadCertificate
+                    | A::UnknownCA
+                    | A::CertificateRequired
+                    | A::CertificateUnknown
+                    | A::CertificateExpired
+                    | A::CertificateRevoked
+                    | A::UnsupportedCertificate
+                    | A::AccessDenied,
+                ) => Some(r.to_string()),
+                _ => None,
+            };
+        }
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

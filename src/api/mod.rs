@@ -7,6 +7,7 @@
 //! Every answer is HTTP 200 with the JSON envelope; [`ApiError`] is the one mapping from a failure
 //! to that envelope. [`serve`] is the accept loop that runs these routes on a listener.
 
+mod budget;
 pub mod serve;
 
 use std::sync::Arc;
@@ -139,6 +140,7 @@ pub fn routes(
             r
         });
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    let budget = Arc::new(budget::TokenBudget::default());
     let rpc = warp::method()
         .and(warp::path::full())
         .and(query)
@@ -148,6 +150,8 @@ pub fn routes(
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
         .and(with_state)
+        .and(warp::ext::optional::<serve::PeerAddr>())
+        .and(warp::any().map(move || budget.clone()))
         .then(
             |method: Method,
              path: warp::path::FullPath,
@@ -156,7 +160,9 @@ pub fn routes(
              accept_charset: Option<String>,
              content_length: Option<u64>,
              body,
-             s: Arc<ApiState>| async move {
+             s: Arc<ApiState>,
+             peer: Option<serve::PeerAddr>,
+             budget: Arc<budget::TokenBudget>| async move {
                 let target = if query.is_empty() {
                     path.as_str().to_string()
                 } else {
@@ -168,8 +174,9 @@ pub fn routes(
                     token: token.as_deref(),
                     client: AdminClient::from_accept_charset(accept_charset.as_deref()),
                     content_length,
+                    peer: peer.map(|p| p.0.ip()),
                 };
-                match dispatch(&s, req, body).await {
+                match dispatch(&s, req, body, &budget).await {
                     Ok(r) => r,
                     Err(e) => e.into_response(),
                 }
@@ -324,9 +331,15 @@ struct Request<'a> {
     token: Option<&'a str>,
     client: AdminClient,
     content_length: Option<u64>,
+    peer: Option<std::net::IpAddr>,
 }
 
-async fn dispatch<S, B>(s: &ApiState, req: Request<'_>, body: S) -> Result<Response, ApiError>
+async fn dispatch<S, B>(
+    s: &ApiState,
+    req: Request<'_>,
+    body: S,
+    budget: &budget::TokenBudget,
+) -> Result<Response, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
@@ -334,7 +347,12 @@ where
     if req.method != Method::POST {
         return Err(ApiError::Method);
     }
+    // A peer out of wrong-token budget is refused without a look at its token (`budget`).
+    if !s.token.expose().trim().is_empty() && budget.exhausted(req.peer) {
+        return Err(ApiError::Token);
+    }
     if !token_ok(s.token.expose(), req.token) {
+        budget.spend(req.peer);
         return Err(ApiError::Token);
     }
     let route = match req.target {

@@ -9,6 +9,11 @@
 //! It is also the one place for per-connection policy ([`ConnLimits`]): a cap on open
 //! connections where [`serve`] accepts, the header-read and idle timeouts in [`TimedIo`], and a
 //! deadline on the graceful shutdown, so that no client can keep the process from stopping.
+//!
+//! With TLS ([`serve_tls`]) the handshake runs in the connection's own task, under the same
+//! header-read timeout as the request head: the clock starts at accept and covers the handshake
+//! and the first head, so a client that stalls in the handshake is closed as one that stalls in
+//! its head is. The bytes it counts are the socket's ([`TimedIo`] sits under the TLS layer).
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -34,6 +39,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::tls::ServerTls;
+
+/// The peer of the connection a request came on, put in each request's extensions (the API's
+/// per-peer token budget reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// The per-connection limits of [`serve`], and the cap on open connections, shared by every
 /// listener that is given a clone.
@@ -139,6 +150,28 @@ pub async fn serve<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    serve_tls(listener, service, shutdown, limits, None).await;
+}
+
+/// [`serve`], with TLS on every connection when `tls` is given: each connection is handshaken
+/// with the configuration in force when it was accepted (a reload changes new connections
+/// only).
+pub async fn serve_tls<S, B>(
+    listener: TcpListener,
+    service: S,
+    shutdown: CancellationToken,
+    limits: ConnLimits,
+    tls: Option<Arc<ServerTls>>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     let graceful = GracefulShutdown::new();
     let connections = TaskTracker::new();
     let drop_all = CancellationToken::new();
@@ -190,20 +223,34 @@ pub async fn serve<S, B>(
         let service = Tracked {
             inner: service.clone(),
             clock,
+            peer,
         };
-        let conn = connection_builder().serve_connection(TokioIo::new(io), service);
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
         let drop_all = drop_all.clone();
+        // Taken at accept: a reload after this changes the connections accepted after it.
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let (shutdown, header_read) = (shutdown.clone(), limits.header_read);
         connections.spawn(async move {
             let _permit = permit;
-            tokio::select! {
-                r = conn => {
-                    if let Err(e) = r {
-                        log_connection_error(&e, peer);
+            let Some(acceptor) = acceptor else {
+                let conn = connection_builder().serve_connection(TokioIo::new(io), service);
+                return run_connection(watcher.watch(conn), &drop_all, peer).await;
+            };
+            let handshake = tokio::time::timeout(header_read, acceptor.accept(io));
+            let io = tokio::select! {
+                r = handshake => match r {
+                    Ok(Ok(io)) => io,
+                    Ok(Err(e)) => return log_handshake_error(&e, peer),
+                    Err(_) => {
+                        tracing::debug!(%peer, "Closed a connection that did not finish its TLS handshake within the header read timeout.");
+                        return;
                     }
-                }
-                () = drop_all.cancelled() => {}
-            }
+                },
+                // Not yet a connection to let finish: it is dropped.
+                () = shutdown.cancelled() => return,
+            };
+            let conn = connection_builder().serve_connection(TokioIo::new(io), service);
+            run_connection(watcher.watch(conn), &drop_all, peer).await;
         });
     }
     drop(listener);
@@ -220,6 +267,33 @@ pub async fn serve<S, B>(
         drop_all.cancel();
     }
     connections.wait().await;
+}
+
+/// Runs one connection until it ends, or until the shutdown deadline drops it.
+async fn run_connection(
+    conn: impl Future<Output = Result<(), hyper::Error>>,
+    drop_all: &CancellationToken,
+    peer: SocketAddr,
+) {
+    tokio::select! {
+        r = conn => {
+            if let Err(e) = r {
+                log_connection_error(&e, peer);
+            }
+        }
+        () = drop_all.cancelled() => {}
+    }
+}
+
+/// A failed handshake is the client's business (a scanner, a plain-HTTP client, a client
+/// without an accepted certificate): DEBUG for one that left, INFO otherwise, so that refused
+/// client certificates can be seen without drowning the log.
+fn log_handshake_error(e: &io::Error, peer: SocketAddr) {
+    if is_peer_gone(e.kind()) || e.kind() == io::ErrorKind::TimedOut {
+        tracing::debug!(%peer, error = %e, "A client left during the TLS handshake.");
+    } else {
+        tracing::info!(%peer, error = %e, "TLS handshake refused.");
+    }
 }
 
 /// The settings of every connection: HTTP/1.1 only (every admin generation speaks it; the
@@ -303,6 +377,7 @@ impl Drop for BusyGuard {
 struct Tracked<S> {
     inner: S,
     clock: Arc<ConnClock>,
+    peer: SocketAddr,
 }
 
 impl<S, B> Service<Request<Incoming>> for Tracked<S>
@@ -314,7 +389,8 @@ where
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<B>, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(PeerAddr(self.peer));
         self.clock.set(|_| Phase::Busy);
         let guard = BusyGuard(self.clock.clone());
         let fut = self.inner.call(req);
@@ -536,6 +612,50 @@ mod tests {
         assert_eq!(b.after(&io::ErrorKind::ConnectionReset.into()), None);
         b.reset();
         assert_eq!(b.after(&emfile), Some(Duration::from_millis(10)));
+    }
+
+    /// A TLS handshake is bound by the header-read timeout from accept, as a request head is;
+    /// a handshake still under way at shutdown does not hold the shutdown up.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_tls_handshake_is_closed_at_the_header_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const GUARD: Duration = Duration::from_secs(20);
+        // A record header that announces a ClientHello of 512 bytes, and one byte of it.
+        const HALF_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+
+        let dir = tempfile::tempdir().unwrap();
+        let tls = ServerTls::load(&crate::tls::tests::files_in(dir.path())).unwrap();
+        let limits = ConnLimits::new(Duration::from_secs(10), Duration::from_secs(90), GUARD, 100);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(String::from("ok")))
+        });
+        let task = tokio::spawn(serve_tls(listener, svc, stop.clone(), limits, Some(tls)));
+
+        for hello in [HALF_HELLO, &[]] {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(hello).await.unwrap();
+            let started = Instant::now();
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(GUARD * 10, s.read_to_end(&mut out))
+                .await
+                .expect("the server closes the connection");
+            assert_eq!(started.elapsed(), Duration::from_secs(10));
+        }
+
+        let mut pending = TcpStream::connect(addr).await.unwrap();
+        pending.write_all(HALF_HELLO).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let stopping = Instant::now();
+        stop.cancel();
+        tokio::time::timeout(GUARD, task).await.unwrap().unwrap();
+        assert!(
+            stopping.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            stopping.elapsed()
+        );
     }
 }
 

@@ -1,5 +1,6 @@
 //! `[admin]`: where the admin is and how to talk to it.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -15,6 +16,9 @@ pub(super) const ENV: &[EnvVar] = &[
     EnvVar::new("XXL_JOB_ADMIN_ADDRESSES", "admin.addresses", Kind::List),
     EnvVar::new("XXL_JOB_ACCESS_TOKEN", "admin.access_token", Kind::Text),
     EnvVar::new("XXL_JOB_ADMIN_TIMEOUT", "admin.timeout_secs", Kind::Secs),
+    EnvVar::new("XXL_EDGE_ADMIN_TLS_CA", "admin.tls_ca", Kind::Text),
+    EnvVar::new("XXL_EDGE_ADMIN_TLS_CERT", "admin.tls_cert", Kind::Text),
+    EnvVar::new("XXL_EDGE_ADMIN_TLS_KEY", "admin.tls_key", Kind::Text),
 ];
 
 /// `[admin]` as written.
@@ -24,6 +28,9 @@ pub(super) struct Raw {
     addresses: Option<Vec<String>>,
     access_token: Option<Secret>,
     timeout_secs: Option<f64>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// Admin connection settings.
@@ -35,6 +42,11 @@ pub struct AdminConfig {
     pub access_token: Secret,
     /// Connect and read timeout for calls to the admin.
     pub timeout: Duration,
+    /// PEM CA certificates that `https://` admins are verified against, instead of the
+    /// system's roots.
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (chain, PEM) and its key, for admins behind an mTLS proxy.
+    pub tls_identity: Option<(PathBuf, PathBuf)>,
 }
 
 /// Why a token can never match what the admin sends (the problem never quotes the token).
@@ -87,10 +99,33 @@ impl Raw {
             c.problem("admin.access_token", problem);
         }
         c.show("admin.access_token", &access_token);
+        let given = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+        let tls_ca = given(self.tls_ca);
+        if let Some(ca) = &tls_ca {
+            super::executor::readable_file(c, "admin.tls_ca", ca);
+        }
+        let tls_identity = match (given(self.tls_cert), given(self.tls_key)) {
+            (Some(cert), Some(key)) => {
+                super::executor::readable_file(c, "admin.tls_cert", &cert);
+                super::executor::readable_file(c, "admin.tls_key", &key);
+                Some((cert, key))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                c.problem("admin.tls_key", "must be set with admin.tls_cert");
+                None
+            }
+            (None, Some(_)) => {
+                c.problem("admin.tls_cert", "must be set with admin.tls_key");
+                None
+            }
+        };
         AdminConfig {
             addresses,
             access_token,
             timeout: c.secs("admin.timeout_secs", self.timeout_secs, 3.0, 0.1..=600.0),
+            tls_ca,
+            tls_identity,
         }
     }
 }

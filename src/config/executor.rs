@@ -1,9 +1,11 @@
 //! `[executor]`: this executor's identity and local resources.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub use crate::tls::ServerTlsConfig;
 
 use super::check::Check;
 use super::layers::{EnvVar, Kind};
@@ -23,6 +25,18 @@ pub(super) const ENV: &[EnvVar] = &[
         "executor.log_retention_days",
         Kind::Int,
     ),
+    EnvVar::new("XXL_EDGE_TLS_CERT", "executor.tls_cert", Kind::Text),
+    EnvVar::new("XXL_EDGE_TLS_KEY", "executor.tls_key", Kind::Text),
+    EnvVar::new(
+        "XXL_EDGE_TLS_CLIENT_CA",
+        "executor.tls_client_ca",
+        Kind::Text,
+    ),
+    EnvVar::new(
+        "XXL_EDGE_TLS_RELOAD_SECS",
+        "executor.tls_reload_secs",
+        Kind::Secs,
+    ),
 ];
 
 /// `[executor]` as written.
@@ -36,6 +50,10 @@ pub(super) struct Raw {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     log_retention_days: Option<i64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_reload_secs: Option<f64>,
 }
 
 /// This executor's identity and local resources.
@@ -55,16 +73,20 @@ pub struct ExecutorConfig {
     pub data_dir: PathBuf,
     /// Days finished runs and their logs are kept; 0 keeps them until the byte budget.
     pub log_retention_days: u32,
+    /// TLS on the executor port; `None`: plain HTTP.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl ExecutorConfig {
-    /// The address to register: `executor.address` verbatim, else `http://{ip}:{port}/`.
+    /// The address to register: `executor.address` verbatim, else `http://{ip}:{port}/`, or
+    /// `https://…` when the port speaks TLS.
     pub fn registered_address(&self, bound_port: u16) -> String {
         if let Some(a) = &self.address {
             return a.clone();
         }
         let ip = self.ip.clone().unwrap_or_else(detect_ip);
-        format!("http://{ip}:{bound_port}/")
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{ip}:{bound_port}/")
     }
 }
 
@@ -81,6 +103,21 @@ fn detect_ip() -> String {
         }
     }
     Ipv4Addr::LOCALHOST.to_string()
+}
+
+/// A file the process must be able to read: a problem when it is not a readable file. Only
+/// opened here (its content is checked when the executor starts, by the TLS loader).
+pub(super) fn readable_file(c: &mut Check, key: &str, path: &Path) {
+    match std::fs::File::open(path).and_then(|f| f.metadata()) {
+        Ok(m) if m.is_file() => c.show(key, path.display()),
+        Ok(_) => c.problem(key, format!("{} is not a file", path.display())),
+        Err(e) => c.problem(key, format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// A path given as text: trimmed, blank means unset.
+fn given_path(p: Option<PathBuf>) -> Option<PathBuf> {
+    p.and_then(|p| given(p.to_str().map(str::to_string)).map(PathBuf::from))
 }
 
 /// Trimmed; blank means unset.
@@ -149,6 +186,22 @@ impl Raw {
         }
         c.show("executor.data_dir", data_dir.display());
 
+        let tls = convert_tls(
+            c,
+            given_path(self.tls_cert),
+            given_path(self.tls_key),
+            given_path(self.tls_client_ca),
+            self.tls_reload_secs,
+        );
+        if let (Some(_), Some(a)) = (&tls, &address) {
+            if a.starts_with("http://") {
+                c.problem(
+                    "executor.address",
+                    format!("\"{a}\" is http:// but the port speaks TLS (executor.tls_cert): the admin would send plain HTTP to it; register https://"),
+                );
+            }
+        }
+
         ExecutorConfig {
             app_name,
             address,
@@ -162,6 +215,60 @@ impl Raw {
                 30,
                 0..=36_500,
             ) as u32,
+            tls,
         }
     }
+}
+
+/// `executor.tls_*`: both the certificate and the key, or neither.
+fn convert_tls(
+    c: &mut Check,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    reload_secs: Option<f64>,
+) -> Option<ServerTlsConfig> {
+    let reload = c.secs(
+        "executor.tls_reload_secs",
+        reload_secs,
+        30.0,
+        0.0..=86_400.0,
+    );
+    let (cert, key) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => {
+            if client_ca.is_some() {
+                c.problem(
+                    "executor.tls_client_ca",
+                    "needs TLS on the port (executor.tls_cert and executor.tls_key)",
+                );
+            }
+            return None;
+        }
+        (Some(_), None) => {
+            c.problem(
+                "executor.tls_key",
+                "must be set with executor.tls_cert (the certificate's private key)",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            c.problem(
+                "executor.tls_cert",
+                "must be set with executor.tls_key (the certificate chain, PEM)",
+            );
+            return None;
+        }
+    };
+    readable_file(c, "executor.tls_cert", &cert);
+    readable_file(c, "executor.tls_key", &key);
+    if let Some(ca) = &client_ca {
+        readable_file(c, "executor.tls_client_ca", ca);
+    }
+    Some(ServerTlsConfig {
+        cert,
+        key,
+        client_ca,
+        reload_every: (!reload.is_zero()).then_some(reload),
+    })
 }
