@@ -70,6 +70,15 @@ pub(crate) struct ConfigArgs {
     /// Data directory; overrides executor.data_dir and XXL_EDGE_DATA_DIR.
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// PEM certificate chain: the port speaks TLS; overrides executor.tls_cert.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert; overrides executor.tls_key.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// PEM CA: only clients with a certificate it signed connect; overrides executor.tls_client_ca.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -362,6 +362,15 @@ impl Executor {
             None => None,
         };
 
+        // Taken before "started" is logged: a SIGHUP sent once the executor says it runs must
+        // find the handler, not the signal's default action (the process would end).
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot listen for SIGHUP: it would stop the executor, and TLS files are reloaded only when they change.");
+                None
+            }
+        };
         tracing::info!(
             listen = %local,
             address = %address,
@@ -387,15 +396,20 @@ impl Executor {
             ))
         };
 
+        let mut hangup = hangup;
         let tls_watch = self.tls.clone().map(|t| {
+            let hangup = hangup.take();
             let files = self.config.executor.tls.as_ref();
             tracing::info!(
                 client_ca = files.is_some_and(|f| f.client_ca.is_some()),
                 reload_secs = files.and_then(|f| f.reload_every).map_or(0.0, |d| d.as_secs_f64()),
                 "The executor port speaks TLS; SIGHUP reloads its files, and so does a change of them every reload_secs (0: SIGHUP only)."
             );
-            tokio::spawn(t.watch(stop_http.clone()))
+            tokio::spawn(t.watch(stop_http.clone(), hangup))
         });
+        // Without TLS there is nothing to reload, but SIGHUP must not stop the executor (its
+        // default action): `systemctl reload` and habit send it to daemons.
+        let hangup_watch = hangup.map(|h| tokio::spawn(log_hangups(h, stop_http.clone())));
         // Served in its own task: while the store is failed, `/run` still answers (500).
         let http = tokio::spawn(api::serve::serve_tls(
             listener,
@@ -422,7 +436,7 @@ impl Executor {
                 .await);
         }
         let _ = http.await;
-        if let Some(t) = tls_watch {
+        for t in [tls_watch, hangup_watch].into_iter().flatten() {
             let _ = t.await;
         }
         tracing::info!("Shutting down: no new triggers are accepted.");
@@ -524,6 +538,22 @@ impl Executor {
 
 /// Declares the store failed when a flush has been under way for `stall` without completing.
 /// Looks at the store's flush counters once a second (no I/O).
+/// Answers SIGHUP with a log line until `stop`, so the signal does not end a plain-HTTP
+/// executor; the configuration is read once, at start.
+async fn log_hangups(mut hangup: tokio::signal::unix::Signal, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            got = hangup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                tracing::info!("SIGHUP: nothing to reload (the port has no TLS files; the configuration is read at start: restart to change it).");
+            }
+        }
+    }
+}
+
 async fn watch_flushes(
     progress: impl Fn() -> (u64, u64),
     declare: impl Fn(String),

@@ -39,6 +39,9 @@ fn load_config(a: &ConfigArgs, log_json: bool) -> Result<Config, ConfigError> {
         listen: a.listen.clone(),
         data_dir: a.data_dir.clone(),
         log_json: log_json.then_some(true),
+        tls_cert: a.tls_cert.clone(),
+        tls_key: a.tls_key.clone(),
+        tls_client_ca: a.tls_client_ca.clone(),
     };
     Config::load(a.config.as_deref(), &Env, &flags)
 }
@@ -328,6 +331,9 @@ fn state(a: StateArgs) -> ExitCode {
                 port: None,
                 listen: None,
                 data_dir: None,
+                tls_cert: None,
+                tls_key: None,
+                tls_client_ca: None,
             },
             false,
         ) {

@@ -270,17 +270,13 @@ impl ServerTls {
         }
     }
 
-    /// Reloads on SIGHUP, and when the files change if `files.reload_every` is set, until
-    /// `stop`.
-    pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot listen for SIGHUP; the TLS files are reloaded only when they change.");
-                None
-            }
-        };
+    /// Reloads on SIGHUP (`hangup`, taken by the caller before the executor says it started),
+    /// and when the files change if `files.reload_every` is set, until `stop`.
+    pub async fn watch(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        mut hangup: Option<tokio::signal::unix::Signal>,
+    ) {
         let mut tick = self.files.reload_every.map(|every| {
             let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

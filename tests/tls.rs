@@ -404,7 +404,7 @@ async fn a_broken_new_certificate_keeps_the_old_one() {
     };
     assert_eq!(leaf_now().await, first.der);
 
-    let message = |v: &Value| v["fields"]["message"].as_str().unwrap_or("").to_string();
+    let message = log_message;
     // A key that does not match the new certificate, as when a renewal is caught half done.
     let second = ca.leaf("executor-2", false);
     std::fs::write(&cert, &second.cert).unwrap();
@@ -443,6 +443,39 @@ async fn a_broken_new_certificate_keeps_the_old_one() {
     assert_eq!(leaf_now().await, second.der);
     ex.signal(Signal::SIGTERM);
     assert!(ex.exited_within(GUARD).await.is_some_and(|s| s.success()));
+}
+
+/// Without TLS, SIGHUP (what `systemctl reload` sends) is logged and the executor keeps serving
+/// instead of taking the signal's default action and ending.
+#[tokio::test]
+async fn sighup_without_tls_is_logged_and_the_executor_serves_on() {
+    use nix::sys::signal::Signal;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("xxl-edge.toml");
+    std::fs::write(
+        &config,
+        config_toml(dir.path(), "http://127.0.0.1:9/xxl-job-admin", "", ""),
+    )
+    .unwrap();
+    let ex = child::Child::start(&config).await;
+    ex.signal(Signal::SIGHUP);
+    ex.wait_line("the SIGHUP line", |v| {
+        log_message(v).starts_with("SIGHUP: nothing to reload")
+    })
+    .await;
+    let beat = ex.post("/beat", String::new()).await;
+    assert_eq!(beat, Some(ok()), "still serving after SIGHUP");
+    ex.signal(Signal::SIGTERM);
+    assert!(ex.exited_within(GUARD).await.is_some_and(|s| s.success()));
+}
+
+/// A log line's message: top-level in `--log-json` output, under `fields` in older output.
+fn log_message(v: &Value) -> String {
+    v["message"]
+        .as_str()
+        .or_else(|| v["fields"]["message"].as_str())
+        .unwrap_or("")
+        .to_string()
 }
 
 /// A fake admin over TLS with a self-signed certificate: it records each handshake's outcome

@@ -102,13 +102,19 @@ pub(super) fn apply_env(table: &mut Table, env: &dyn Source, c: &mut Check) {
 /// Lays the command-line flags over `table` (the highest layer).
 pub(super) fn apply_flags(table: &mut Table, f: &Overrides, c: &mut Check) {
     let text = |s: &Option<String>| s.clone().map(Value::String);
-    let data_dir = f.data_dir.as_ref().and_then(|d| match d.to_str() {
-        Some(s) => Some(Value::String(s.to_string())),
-        None => {
-            c.problem("--data-dir", format!("{} is not valid UTF-8", d.display()));
-            None
-        }
-    });
+    let mut path = |flag: &str, p: &Option<std::path::PathBuf>| {
+        p.as_ref().and_then(|d| match d.to_str() {
+            Some(s) => Some(Value::String(s.to_string())),
+            None => {
+                c.problem(flag, format!("{} is not valid UTF-8", d.display()));
+                None
+            }
+        })
+    };
+    let data_dir = path("--data-dir", &f.data_dir);
+    let tls_cert = path("--tls-cert", &f.tls_cert);
+    let tls_key = path("--tls-key", &f.tls_key);
+    let tls_client_ca = path("--tls-client-ca", &f.tls_client_ca);
     let flags = [
         (
             "admin.addresses",
@@ -128,6 +134,9 @@ pub(super) fn apply_flags(table: &mut Table, f: &Overrides, c: &mut Check) {
         ("executor.port", f.port.map(Value::Integer)),
         ("executor.listen", text(&f.listen)),
         ("executor.data_dir", data_dir),
+        ("executor.tls_cert", tls_cert),
+        ("executor.tls_key", tls_key),
+        ("executor.tls_client_ca", tls_client_ca),
         (
             "telemetry.log_format",
             (f.log_json == Some(true)).then(|| Value::String("json".into())),

@@ -192,6 +192,12 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--log-json`.
     pub log_json: Option<bool>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-client-ca`.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -389,6 +395,30 @@ mod tests {
             c.admin.addresses,
             vec!["http://a/xxl-job-admin".to_string()]
         );
+    }
+
+    #[test]
+    fn the_tls_flags_set_the_executor_tls_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, "not parsed here").unwrap();
+            p
+        };
+        let (cert, key, ca) = (file("cert.pem"), file("key.pem"), file("ca.pem"));
+        let c = Config::load(
+            None,
+            &env(&[("XXL_EDGE_TLS_CERT", "/nowhere/env.pem")]),
+            &Overrides {
+                tls_cert: Some(cert.clone()),
+                tls_key: Some(key.clone()),
+                tls_client_ca: Some(ca.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let tls = c.executor.tls.expect("TLS on");
+        assert_eq!((tls.cert, tls.key, tls.client_ca), (cert, key, Some(ca)));
     }
 
     #[test]
