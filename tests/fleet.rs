@@ -99,6 +99,13 @@ impl Redis {
         self.try_query(cmd).await.unwrap()
     }
 
+    /// Milliseconds left on `key` (-2: no such key).
+    async fn pttl(&self, key: &str) -> i64 {
+        let mut cmd = redis::cmd("PTTL");
+        cmd.arg(key);
+        self.try_query(cmd).await.unwrap()
+    }
+
     /// Kills the server (its keys are gone with it).
     fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
@@ -165,7 +172,7 @@ idempotency_ttl_secs = 60
 [handlers.short]
 command = ["sh", "-c", "echo $XXL_JOB_LOG_ID >> {s}/ran.txt"]
 idempotency_key = "order-{{params}}"
-idempotency_ttl_secs = 1
+idempotency_ttl_secs = 3
 "#
         ),
     )
@@ -202,6 +209,16 @@ async fn trigger(dev: &Child, handler: &str, log_id: i64, params: &str) {
         .await
         .unwrap();
     assert_eq!(r["code"], 200, "/run of logId {log_id}: {r}");
+}
+
+/// Waits until the holder's key is settled in Redis: that happens once its outcome is on
+/// disk, the moment its callback may leave too, so a callback can arrive first.
+async fn settled(redis: &Redis, key: &str) {
+    let lock = format!("{PREFIX}lock:{key}");
+    until(&format!("{key} to be settled in Redis"), || async {
+        redis.get(&lock).await.is_none()
+    })
+    .await;
 }
 
 fn code(cb: &Value) -> i64 {
@@ -253,8 +270,12 @@ async fn the_same_key_runs_once_across_the_fleet_one_after_the_other() {
     trigger(&f.a, "work", 1, "seq").await;
     let first = f.admin.callback(1).await;
     assert_eq!(code(&first), 200, "{first}");
+    settled(&redis, "order-seq").await;
     assert_eq!(
-        redis.get(&format!("{PREFIX}done:order-seq")).await.as_deref(),
+        redis
+            .get(&format!("{PREFIX}done:order-seq"))
+            .await
+            .as_deref(),
         Some("dev-a/1")
     );
     assert_eq!(redis.get(&format!("{PREFIX}lock:order-seq")).await, None);
@@ -296,7 +317,10 @@ async fn the_same_key_runs_once_when_both_devices_get_it_at_once() {
 
     // While one device runs it, the other is called back naming the holder.
     trigger(&f.a, "gate", 3, "long").await;
-    until("logId 3 to start", || async { ran(f.shared.path()).contains(&3) }).await;
+    until("logId 3 to start", || async {
+        ran(f.shared.path()).contains(&3)
+    })
+    .await;
     trigger(&f.b, "work", 4, "long").await;
     let held = f.admin.callback(4).await;
     assert_eq!(code(&held), 500, "{held}");
@@ -306,6 +330,7 @@ async fn the_same_key_runs_once_when_both_devices_get_it_at_once() {
     );
     std::fs::write(f.shared.path().join("go"), "").unwrap();
     assert_eq!(code(&f.admin.callback(3).await), 200);
+    settled(&redis, "order-long").await;
     trigger(&f.b, "work", 5, "long").await;
     assert!(msg(&f.admin.callback(5).await).contains("matches logId:3 on dev-a"));
     assert_eq!(ran(f.shared.path()).len(), 2);
@@ -317,7 +342,7 @@ async fn a_failed_run_releases_its_key_for_the_fleet() {
     let f = fleet(&redis).await;
     trigger(&f.a, "fail", 1, "f").await;
     assert_eq!(code(&f.admin.callback(1).await), 500);
-    assert_eq!(redis.get(&format!("{PREFIX}lock:order-f")).await, None);
+    settled(&redis, "order-f").await;
     assert_eq!(redis.get(&format!("{PREFIX}done:order-f")).await, None);
     trigger(&f.b, "work", 2, "f").await;
     assert_eq!(code(&f.admin.callback(2).await), 200);
@@ -330,6 +355,7 @@ async fn a_success_holds_for_its_ttl_then_the_key_runs_again() {
     let f = fleet(&redis).await;
     trigger(&f.a, "short", 1, "t").await;
     assert_eq!(code(&f.admin.callback(1).await), 200);
+    settled(&redis, "order-t").await;
     trigger(&f.b, "short", 2, "t").await;
     assert!(msg(&f.admin.callback(2).await).contains("matches logId:1 on dev-a"));
     let done = format!("{PREFIX}done:order-t");
@@ -352,10 +378,22 @@ async fn a_killed_holder_loses_its_lock_when_the_lock_ttl_ends() {
     let a = Child::start(&da.config).await;
     let b = Child::start(&db.config).await;
     trigger(&a, "gate", 1, "k").await;
-    until("logId 1 to start", || async { ran(shared.path()).contains(&1) }).await;
+    until("logId 1 to start", || async {
+        ran(shared.path()).contains(&1)
+    })
+    .await;
     let lock = format!("{PREFIX}lock:order-k");
-    // Held across several renewals (lock TTL 1 s, renewed every third).
     assert_eq!(redis.get(&lock).await.as_deref(), Some("dev-a/1"));
+    // The run renews its lock (TTL 1 s, renewed every third): its time left goes back up, and
+    // it outlives its first TTL.
+    let first = redis.pttl(&lock).await;
+    let taken = tokio::time::Instant::now();
+    until("a renewal", || async { redis.pttl(&lock).await > first }).await;
+    until("the lock to outlive two TTLs", || async {
+        assert_eq!(redis.get(&lock).await.as_deref(), Some("dev-a/1"));
+        taken.elapsed() > Duration::from_secs(2)
+    })
+    .await;
     a.signal(nix::sys::signal::Signal::SIGKILL);
     assert!(a.exited_within(GUARD).await.is_some());
     until("the dead device's lock to expire", || async {
@@ -364,6 +402,7 @@ async fn a_killed_holder_loses_its_lock_when_the_lock_ttl_ends() {
     .await;
     trigger(&b, "work", 2, "k").await;
     assert_eq!(code(&admin.callback(2).await), 200);
+    settled(&redis, "order-k").await;
     assert_eq!(ran(shared.path()), vec![1, 2]);
 
     // The restart reports the interrupted run and settles what it held: it releases nothing
@@ -434,13 +473,20 @@ async fn a_redis_restart_during_a_run_keeps_the_key_held_and_its_success_recorde
     let mut redis = Redis::start().await;
     let f = fleet(&redis).await;
     trigger(&f.a, "gate", 1, "r").await;
-    until("logId 1 to start", || async { ran(f.shared.path()).contains(&1) }).await;
+    until("logId 1 to start", || async {
+        ran(f.shared.path()).contains(&1)
+    })
+    .await;
     let lock = format!("{PREFIX}lock:order-r");
     assert_eq!(redis.get(&lock).await.as_deref(), Some("dev-a/1"));
     let port = redis.port;
     redis.stop();
     let redis = Redis::start_on(port).await;
-    assert_eq!(redis.get(&lock).await, None, "a restart without persistence");
+    assert_eq!(
+        redis.get(&lock).await,
+        None,
+        "a restart without persistence"
+    );
     // The run's next renewal takes its lock again.
     until("the running device to take its lock again", || async {
         redis.get(&lock).await.as_deref() == Some("dev-a/1")
@@ -464,4 +510,44 @@ async fn a_redis_restart_during_a_run_keeps_the_key_held_and_its_success_recorde
             .is_some_and(|m| m.starts_with("An idempotency key's lock was gone from Redis"))
     })
     .await;
+}
+
+/// Recovery settles what the dead process held: restarted long before its lock would expire
+/// (lock TTL 30 s, beyond the test's guard), it reports the run as interrupted and releases
+/// the key, and the other device runs the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_kill_9_releases_the_key_its_interrupted_run_held() {
+    let redis = Redis::start().await;
+    let admin = FakeAdmin::start().await;
+    let shared = tempfile::tempdir().unwrap();
+    let long = |name: &str| {
+        redis_keys(&redis, name, "").replace("lock_ttl_secs = 1", "lock_ttl_secs = 30")
+    };
+    let da = device(&admin, shared.path(), &long("dev-a"));
+    let db = device(&admin, shared.path(), &long("dev-b"));
+    let a = Child::start(&da.config).await;
+    let b = Child::start(&db.config).await;
+    trigger(&a, "gate", 1, "rec").await;
+    until("logId 1 to start", || async {
+        ran(shared.path()).contains(&1)
+    })
+    .await;
+    let lock = format!("{PREFIX}lock:order-rec");
+    assert_eq!(redis.get(&lock).await.as_deref(), Some("dev-a/1"));
+    a.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(a.exited_within(GUARD).await.is_some());
+    drop(a);
+    let a = Child::start(&da.config).await;
+    assert_eq!(code(&admin.callback(1).await), 500);
+    until("the restarted device to release its lock", || async {
+        redis.get(&lock).await.is_none()
+    })
+    .await;
+    assert!(redis.pttl(&lock).await < 0);
+    trigger(&b, "work", 2, "rec").await;
+    assert_eq!(code(&admin.callback(2).await), 200);
+    settled(&redis, "order-rec").await;
+    trigger(&a, "work", 3, "rec").await;
+    assert!(msg(&admin.callback(3).await).contains("matches logId:2 on dev-b"));
+    assert_eq!(ran(shared.path()), vec![1, 2]);
 }
