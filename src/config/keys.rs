@@ -32,6 +32,7 @@ pub(super) struct Raw {
 
 /// Where idempotency keys are checked and held.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub enum KeysConfig {
     /// This device's own store: a key holds on this device only (the default).
     #[default]
@@ -42,6 +43,7 @@ pub enum KeysConfig {
 
 /// What to do with a keyed trigger when Redis cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Unreachable {
     /// The run fails with a message naming Redis: never run twice silently.
     Fail,
@@ -174,5 +176,77 @@ trait KindText {
 impl KindText for redis::RedisError {
     fn kind_text(&self) -> String {
         format!("{:?}", self.kind())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, ConfigError};
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::validate(Config::parse_toml(text).unwrap())
+    }
+
+    fn problems(text: &str) -> Vec<(String, String)> {
+        match load(text) {
+            Err(ConfigError::Invalid(e)) => e
+                .iter()
+                .map(|(k, p)| (k.to_string(), p.to_string()))
+                .collect(),
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn keys_default_to_the_device_store() {
+        assert!(matches!(Config::defaults().keys, KeysConfig::Local));
+    }
+
+    #[test]
+    fn a_redis_backend_takes_its_url_prefix_and_policy() {
+        let c = load(
+            "[executor]\napp_name = \"gw\"\n[keys]\nbackend = \"redis\"\n\
+             redis_url = \"rediss://:s3cret@redis.site:6380/2\"\nlock_ttl_secs = 5\n\
+             unreachable = \"local\"\n",
+        )
+        .unwrap();
+        let KeysConfig::Redis(r) = &c.keys else {
+            panic!("{:?}", c.keys)
+        };
+        assert_eq!(r.url.expose(), "rediss://:s3cret@redis.site:6380/2");
+        assert_eq!(r.prefix, "xxl-edge:gw:");
+        assert_eq!(r.lock_ttl, Duration::from_secs(5));
+        assert_eq!(r.unreachable, Unreachable::Local);
+        assert_eq!(r.call_timeout, Duration::from_secs(2));
+        let shown: Vec<_> = c.summary().collect();
+        assert!(shown.contains(&("keys.redis_url", "(set)")), "{shown:?}");
+        assert!(!format!("{shown:?}{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn bad_keys_settings_are_named_without_the_password() {
+        assert_eq!(
+            problems("[keys]\nbackend = \"memcached\"\n"),
+            vec![(
+                "keys.backend".to_string(),
+                "\"memcached\" is not \"local\" or \"redis\"".to_string()
+            )]
+        );
+        assert_eq!(
+            problems("[keys]\nbackend = \"redis\"\n"),
+            vec![(
+                "keys.redis_url".to_string(),
+                "must be set when keys.backend is \"redis\"".to_string()
+            )]
+        );
+        let p = problems(
+            "[keys]\nbackend = \"redis\"\nredis_url = \"http://:pw@h/\"\nunreachable = \"retry\"\ndevice = \"a/b\"\n",
+        );
+        assert_eq!(
+            p.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["keys.unreachable", "keys.redis_url", "keys.device"]
+        );
+        assert!(!format!("{p:?}").contains("pw"));
     }
 }
