@@ -551,3 +551,144 @@ async fn a_restart_after_kill_9_releases_the_key_its_interrupted_run_held() {
     assert!(msg(&admin.callback(3).await).contains("matches logId:2 on dev-b"));
     assert_eq!(ran(shared.path()), vec![1, 2]);
 }
+
+/// `rediss://`: the client speaks TLS (rustls) to a `redis-server` with a certificate of a test
+/// CA, which the executor trusts through `SSL_CERT_FILE` (read with the system's CA store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_urls_speak_tls_and_check_the_certificate() {
+    let tls = tempfile::tempdir().unwrap();
+    let t = tls.path();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(t)
+            .output()
+            .expect("openssl (to make the test's certificates)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=xxl-edge test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(t.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    // The plain port is the test's view of the data; the executors get the TLS one only.
+    let plain = free_port();
+    let tls_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Command::new("redis-server")
+        .args([
+            "--port",
+            &plain.to_string(),
+            "--tls-port",
+            &tls_port.to_string(),
+        ])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--tls-auth-clients", "no"])
+        .arg("--tls-cert-file")
+        .arg(t.join("srv.crt"))
+        .arg("--tls-key-file")
+        .arg(t.join("srv.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(t.join("ca.crt"))
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH (apt-get install redis-server)");
+    let redis = Redis {
+        proc: Some(server),
+        port: plain,
+        _dir: dir,
+    };
+    until("redis-server to answer PING", || async {
+        redis.try_query::<String>(redis::cmd("PING")).await.is_ok()
+    })
+    .await;
+
+    let admin = FakeAdmin::start().await;
+    let shared = tempfile::tempdir().unwrap();
+    let keys = |name: &str| {
+        format!(
+            "backend = \"redis\"\nredis_url = \"rediss://127.0.0.1:{tls_port}/\"\n\
+             device = \"{name}\"\nconnect_timeout_secs = 2\ncall_timeout_secs = 2\n"
+        )
+    };
+    let start = |config: &Path, trusted: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xxl-edge"));
+        cmd.args(["serve", "--log-json", "--config"]).arg(config);
+        // Trusting the test CA, or only an unrelated CA (its own certificate as a CA file).
+        cmd.env(
+            "SSL_CERT_FILE",
+            if trusted {
+                t.join("ca.crt")
+            } else {
+                t.join("srv.crt")
+            },
+        );
+        Child::start_command(cmd)
+    };
+    let da = device(&admin, shared.path(), &keys("dev-a"));
+    let db = device(&admin, shared.path(), &keys("dev-b"));
+    let a = start(&da.config, true).await;
+    let b = start(&db.config, false).await;
+    trigger(&a, "work", 1, "tls").await;
+    assert_eq!(code(&admin.callback(1).await), 200);
+    settled(&redis, "order-tls").await;
+    assert_eq!(
+        redis
+            .get(&format!("{PREFIX}done:order-tls"))
+            .await
+            .as_deref(),
+        Some("dev-a/1")
+    );
+    // A device that does not trust the server's certificate never talks to it.
+    trigger(&b, "work", 2, "tls").await;
+    let refused = admin.callback(2).await;
+    assert_eq!(code(&refused), 500, "{refused}");
+    assert!(
+        msg(&refused).contains("the fleet's Redis could not check"),
+        "{refused}"
+    );
+    assert_eq!(ran(shared.path()), vec![1]);
+}
