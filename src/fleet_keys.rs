@@ -509,6 +509,8 @@ async fn renew_loop(inner: Weak<Inner>, lock_key: String, token: String) {
             Ok(_) => {
                 count(&inner, "renew", "lost");
                 tracing::warn!(lock = %lock_key, "Another device holds this run's idempotency key now: Redis lost the lock during the run (restart or outage) and another run took it.");
+                // Its lock is the other run's now: renewing it would extend theirs.
+                return;
             }
             Err(e) => {
                 tracing::warn!(error = %e, lock = %lock_key, "Cannot renew an idempotency key's lock in Redis.");
