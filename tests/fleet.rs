@@ -292,6 +292,26 @@ async fn the_same_key_runs_once_across_the_fleet_one_after_the_other() {
     assert!(msg(&f.admin.callback(3).await).contains("matches logId:1 on dev-a"));
     assert_eq!(ran(f.shared.path()), vec![1]);
     assert!(run_log(&f.b, 2).await.contains("matches logId:1 on dev-a"));
+
+    // Calls by result, and their latency, with bounded labels only.
+    let metrics = |c: &Child| {
+        let url = format!("http://{}/metrics", c.addr);
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+    let (ma, mb) = (metrics(&f.a).await, metrics(&f.b).await);
+    for line in [
+        "xxl_edge_keys_redis_calls_total{call=\"acquire\",result=\"taken\"} 1",
+        "xxl_edge_keys_redis_calls_total{call=\"acquire\",result=\"succeeded\"} 1",
+        "xxl_edge_keys_redis_calls_total{call=\"settle\",result=\"succeeded\"} 1",
+        "xxl_edge_keys_redis_call_duration_seconds_count{call=\"acquire\"} 2",
+    ] {
+        assert!(ma.contains(line), "dev-a lacks {line}:\n{ma}");
+    }
+    assert!(
+        mb.contains("xxl_edge_keys_redis_calls_total{call=\"acquire\",result=\"succeeded\"} 1"),
+        "{mb}"
+    );
+    assert!(!mb.contains("result=\"taken\""), "{mb}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
