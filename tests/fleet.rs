@@ -668,10 +668,11 @@ async fn rediss_urls_speak_tls_and_check_the_certificate() {
 
     let admin = FakeAdmin::start().await;
     let shared = tempfile::tempdir().unwrap();
-    let keys = |name: &str| {
+    // No keys.device: each device is named after the address it registers.
+    let keys = |_: &str| {
         format!(
             "backend = \"redis\"\nredis_url = \"rediss://127.0.0.1:{tls_port}/\"\n\
-             device = \"{name}\"\nconnect_timeout_secs = 2\ncall_timeout_secs = 2\n"
+             connect_timeout_secs = 2\ncall_timeout_secs = 2\n"
         )
     };
     let start = |config: &Path, trusted: bool| {
@@ -696,11 +697,8 @@ async fn rediss_urls_speak_tls_and_check_the_certificate() {
     assert_eq!(code(&admin.callback(1).await), 200);
     settled(&redis, "order-tls").await;
     assert_eq!(
-        redis
-            .get(&format!("{PREFIX}done:order-tls"))
-            .await
-            .as_deref(),
-        Some("dev-a/1")
+        redis.get(&format!("{PREFIX}done:order-tls")).await,
+        Some(format!("127.0.0.1:{}/1", a.addr.port()))
     );
     // A device that does not trust the server's certificate never talks to it.
     trigger(&b, "work", 2, "tls").await;
@@ -711,4 +709,27 @@ async fn rediss_urls_speak_tls_and_check_the_certificate() {
         "{refused}"
     );
     assert_eq!(ran(shared.path()), vec![1]);
+}
+
+/// On one device, a job's triggers follow its block strategy first: one queued (SERIAL) behind
+/// the run holding its key is skipped when its turn comes, not told that its predecessor holds
+/// the key (whose settlement in Redis may still be under way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_queued_behind_its_key_on_the_same_device_is_skipped_in_turn() {
+    let redis = Redis::start().await;
+    let f = fleet(&redis).await;
+    trigger(&f.a, "gate", 1, "q").await;
+    until("logId 1 to start", || async {
+        ran(f.shared.path()).contains(&1)
+    })
+    .await;
+    trigger(&f.a, "gate", 2, "q").await;
+    std::fs::write(f.shared.path().join("go"), "").unwrap();
+    assert_eq!(code(&f.admin.callback(1).await), 200);
+    let second = f.admin.callback(2).await;
+    assert_eq!(
+        msg(&second),
+        "skipped: idempotency key \"order-q\" matches logId:1 on dev-a, which succeeded; nothing was run"
+    );
+    assert_eq!(ran(f.shared.path()), vec![1]);
 }
