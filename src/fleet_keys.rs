@@ -542,3 +542,176 @@ async fn settle_loop(inner: Weak<Inner>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    use tracing_subscriber::Layer;
+
+    use super::*;
+    use crate::config::{Config, Secret, Unreachable};
+    use crate::job::{Outcome, Trigger};
+
+    /// A real `redis-server` on a free port, killed on drop.
+    struct Server(std::process::Child, u16, tempfile::TempDir);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    async fn server() -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (apt-get install redis-server; .ci/test installs it)");
+        let s = Server(child, port, dir);
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("redis-server did not listen on {port}");
+    }
+
+    fn cfg(port: u16) -> RedisKeysConfig {
+        RedisKeysConfig {
+            url: Secret::new(format!("redis://127.0.0.1:{port}/")),
+            prefix: "t:".into(),
+            device: Some("me".into()),
+            connect_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(2),
+            lock_ttl: Duration::from_secs(30),
+            unreachable: Unreachable::Fail,
+        }
+    }
+
+    async fn redis_cmd<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> T {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut c).await.unwrap()
+    }
+
+    /// Span names and their `db.operation.name`, as the OTLP layer would see them.
+    #[derive(Clone, Default)]
+    struct Spans(Arc<Mutex<Vec<(String, String)>>>);
+
+    impl<S: tracing::Subscriber> Layer<S> for Spans {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: Context<'_, S>,
+        ) {
+            struct Op(String);
+            impl tracing::field::Visit for Op {
+                fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+                    if f.name() == "db.operation.name" {
+                        self.0 = v.to_string();
+                    }
+                }
+                fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+            }
+            let mut op = Op(String::new());
+            attrs.record(&mut op);
+            lock(&self.0).push((attrs.metadata().name().to_string(), op.0));
+        }
+    }
+
+    /// The scripts never change a lock that holds another token, and every call has its span.
+    #[tokio::test]
+    async fn a_lock_with_another_token_is_never_released_and_every_call_has_a_span() {
+        let spans = Spans::default();
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+        let s = server().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Config::defaults().store).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let keys = FleetKeys::new(cfg(s.1), store.clone(), metrics.clone()).unwrap();
+        let ttl = Duration::from_secs(60);
+
+        // Another device holds "k": taking it says so, and leaves its lock alone.
+        let _: () = redis_cmd(s.1, &["SET", "t:lock:k", "other/9", "PX", "30000"]).await;
+        let held = keys.take("k", LogId(1), ttl).await.unwrap();
+        assert_eq!(
+            held,
+            Take::Held(Holder {
+                device: "other".into(),
+                log_id: LogId(9)
+            })
+        );
+
+        // This device takes "j"; the lock then passes to another device (say ours ran out);
+        // our failed run settles without touching theirs.
+        let t = Trigger::for_test(2);
+        store.insert_accepted(&t, false).unwrap();
+        assert_eq!(keys.take("j", LogId(2), ttl).await.unwrap(), Take::Taken);
+        assert_eq!(store.fleet_keys_held().unwrap().len(), 1);
+        let _: () = redis_cmd(s.1, &["SET", "t:lock:j", "other/10", "PX", "30000"]).await;
+        store
+            .finish(&t, &Outcome::fail("x"), OutcomeKind::Failed, None)
+            .unwrap();
+        keys.settle(LogId(2)).await.unwrap();
+        let lock_j: Option<String> = redis_cmd(s.1, &["GET", "t:lock:j"]).await;
+        assert_eq!(lock_j.as_deref(), Some("other/10"));
+        assert!(store.fleet_keys_held().unwrap().is_empty(), "settled");
+
+        // A success is recorded with its TTL, and the caller's own lock released.
+        let t = Trigger::for_test(3);
+        store.insert_accepted(&t, false).unwrap();
+        assert_eq!(keys.take("i", LogId(3), ttl).await.unwrap(), Take::Taken);
+        store
+            .finish(&t, &Outcome::success(), OutcomeKind::Success, None)
+            .unwrap();
+        keys.settle(LogId(3)).await.unwrap();
+        let done: Option<String> = redis_cmd(s.1, &["GET", "t:done:i"]).await;
+        assert_eq!(done.as_deref(), Some("me/3"));
+        let pttl: i64 = redis_cmd(s.1, &["PTTL", "t:done:i"]).await;
+        assert!((50_000..=60_000).contains(&pttl), "{pttl}");
+        let lock_i: Option<String> = redis_cmd(s.1, &["GET", "t:lock:i"]).await;
+        assert_eq!(lock_i, None);
+
+        let ops: Vec<String> = lock(&spans.0)
+            .iter()
+            .filter(|(name, _)| name == "redis")
+            .map(|(_, op)| op.clone())
+            .collect();
+        assert_eq!(ops, ["acquire", "acquire", "settle", "acquire", "settle"]);
+        let calls = metrics
+            .keys_redis_calls
+            .with_label_values(&["acquire", "held"])
+            .get();
+        assert_eq!(calls, 1);
+    }
+}
