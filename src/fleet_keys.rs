@@ -555,8 +555,12 @@ mod tests {
     use crate::config::{Config, Secret, Unreachable};
     use crate::job::{Outcome, Trigger};
 
-    /// A real `redis-server` on a free port, killed on drop.
-    struct Server(std::process::Child, u16, tempfile::TempDir);
+    /// A real `redis-server` on a free port, killed on drop (its directory removed after).
+    struct Server(
+        std::process::Child,
+        u16,
+        #[allow(dead_code)] tempfile::TempDir,
+    );
 
     impl Drop for Server {
         fn drop(&mut self) {
