@@ -123,6 +123,9 @@ struct Held {
     token: String,
     success_ttl: Duration,
     renewal: Option<AbortHandle>,
+    /// One settlement at a time per run: the background task, the settling loop and a `take`
+    /// that meets its own finished run can try at once, and the later ones must find it done.
+    settling: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The Redis backend of idempotency keys; cheap to clone.
@@ -181,6 +184,7 @@ impl FleetKeys {
                     token,
                     success_ttl,
                     renewal: None,
+                    settling: Arc::default(),
                 },
             );
         }
@@ -322,6 +326,7 @@ impl FleetKeys {
                 token: token.to_string(),
                 success_ttl,
                 renewal: Some(renewal),
+                settling: Arc::default(),
             },
         );
         if let Some(r) = old.and_then(|o| o.renewal) {
@@ -354,6 +359,14 @@ impl FleetKeys {
     /// # Errors
     /// Redis, or the store.
     async fn settle(&self, log_id: LogId) -> Result<(), FleetError> {
+        let Some(gate) = lock(&self.inner.held)
+            .get(&log_id)
+            .map(|h| h.settling.clone())
+        else {
+            return Ok(());
+        };
+        let _settling = gate.lock().await;
+        // Read again under the gate: whoever held it before may have settled it.
         let Some((key, token, success_ttl)) = lock(&self.inner.held)
             .get(&log_id)
             .map(|h| (h.key.clone(), h.token.clone(), h.success_ttl))
