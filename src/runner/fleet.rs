@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::Runner;
 use crate::config::Unreachable;
-use crate::fleet_keys::{FleetKeys, Take};
+use crate::fleet_keys::{FleetError, FleetKeys, Take};
 use crate::job::{Outcome, OutcomeKind, Trigger};
 use crate::store::{KeyCheck, StoreError};
 
@@ -49,6 +49,9 @@ impl Runner {
                 self.record(t, &Outcome::fail(msg), OutcomeKind::Failed, None);
                 Ok(false)
             }
+            // The store could not record the key: the run fails as after any store error (its
+            // outcome then releases the lock it took).
+            Err(FleetError::Store(e)) => Err(e),
             Err(e) => match self.inner.fleet_unreachable.get() {
                 Some(Unreachable::Local) => {
                     log.note(&format!(
