@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminClient, AdminError};
 use crate::api::{self, ApiState};
-use crate::config::Config;
+use crate::config::{Config, KeysConfig};
 use crate::handler::{self, CommandHandler, Handler, JobHandler};
 use crate::registry::{Registrar, BEAT_INTERVAL};
 use crate::report::Reporter;
@@ -49,6 +49,9 @@ pub enum Error {
     /// accepted run. `serve` exits 75 for this.
     #[error("storage fault: {0}. The store cannot be written until the fault clears and xxl-edge restarts; the restart recovers every accepted run")]
     StoreFailed(String),
+    /// The fleet's key backend could not be set up (`[keys]`).
+    #[error("keys: {0}")]
+    Keys(String),
 }
 
 /// What recovery found at start.
@@ -70,6 +73,7 @@ pub struct RecoveryReport {
 #[derive(Debug, Default)]
 pub struct ExecutorBuilder {
     config: Option<Config>,
+    keys: Option<KeysConfig>,
     handlers: handler::Registry,
 }
 
@@ -78,6 +82,15 @@ impl ExecutorBuilder {
     #[must_use]
     pub fn config(mut self, config: Config) -> Self {
         self.config = Some(config);
+        self
+    }
+
+    /// Where idempotency keys live, instead of the configuration's `[keys]`: this device's
+    /// store ([`KeysConfig::Local`]) or a Redis the app's fleet shares
+    /// ([`KeysConfig::Redis`]).
+    #[must_use]
+    pub fn keys(mut self, keys: KeysConfig) -> Self {
+        self.keys = Some(keys);
         self
     }
 
@@ -100,7 +113,10 @@ impl ExecutorBuilder {
     /// # Errors
     /// An unusable store (corrupt, locked, wrong schema) or a failed client setup.
     pub async fn build(self) -> Result<Executor, Error> {
-        let config = self.config.unwrap_or_else(Config::defaults);
+        let mut config = self.config.unwrap_or_else(Config::defaults);
+        if let Some(keys) = self.keys {
+            config.keys = keys;
+        }
         // Before the store: unusable TLS files stop the start before any run is recovered.
         let tls = match &config.executor.tls {
             Some(files) => Some(crate::tls::ServerTls::load(files)?),
@@ -172,6 +188,17 @@ impl ExecutorBuilder {
             config.executor.data_dir.join("gluesource"),
             outbox_ready.clone(),
         );
+        // Before recovery, which settles the keys of the runs a crash interrupted.
+        let fleet_keys = match &config.keys {
+            KeysConfig::Local => None,
+            KeysConfig::Redis(rc) => {
+                let f =
+                    crate::fleet_keys::FleetKeys::new(rc.clone(), store.clone(), metrics.clone())
+                        .map_err(|e| Error::Keys(e.to_string()))?;
+                runner.set_fleet_keys(f.clone(), rc.unreachable);
+                Some(f)
+            }
+        };
         drop_refused(&store, &config.executor.data_dir)?;
         let recovery = store.recover()?;
         let runs = recovery.runs;
@@ -212,6 +239,7 @@ impl ExecutorBuilder {
             outbox_ready,
             recovery: report,
             recovered,
+            fleet_keys,
         })
     }
 }
@@ -231,6 +259,8 @@ pub struct Executor {
     recovery: RecoveryReport,
     /// Triggers the journal held, queued once `run` has bound its sockets.
     recovered: Recovered,
+    /// Named after the registered address once it is known.
+    fleet_keys: Option<crate::fleet_keys::FleetKeys>,
 }
 
 impl std::fmt::Debug for Recovered {
@@ -286,6 +316,9 @@ impl Executor {
             });
         }
         let background = CancellationToken::new();
+        if let Some(f) = &self.fleet_keys {
+            f.set_device(&address);
+        }
         let not_requeued = self
             .runner
             .start_recovered(std::mem::take(&mut self.recovered));

@@ -46,6 +46,7 @@
 pub mod client;
 pub mod config;
 pub mod executor;
+mod fleet_keys;
 pub mod handler;
 pub mod job;
 pub mod state;

@@ -132,6 +132,10 @@ pub struct Metrics {
     pub flush_duration: Histogram,
     /// `xxl_edge_internal_errors_total{op}`: see [`events`].
     pub internal_errors: IntCounterVec,
+    /// `xxl_edge_keys_redis_calls_total{call,result}`: the fleet's key backend.
+    pub keys_redis_calls: IntCounterVec,
+    /// `xxl_edge_keys_redis_call_duration_seconds{call}`.
+    pub keys_redis_latency: HistogramVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -268,6 +272,17 @@ impl Metrics {
                 "xxl_edge_internal_errors_total",
                 "Errors the executor could only log (store, worker), by operation.",
                 &["op"],
+            )?,
+            keys_redis_calls: counter(
+                "xxl_edge_keys_redis_calls_total",
+                "Calls to the fleet's Redis for idempotency keys, by call (acquire, renew, settle) and result.",
+                &["call", "result"],
+            )?,
+            keys_redis_latency: hist(
+                "xxl_edge_keys_redis_call_duration_seconds",
+                "Latency of calls to the fleet's Redis for idempotency keys, connection included.",
+                &["call"],
+                LATENCY_BUCKETS,
             )?,
             registry,
         }

@@ -7,7 +7,7 @@
 use toml::{Table, Value};
 
 use super::check::Check;
-use super::{admin, executor, glue, server, telemetry, Overrides, Source};
+use super::{admin, executor, glue, keys, server, telemetry, Overrides, Source};
 
 /// One environment variable and the TOML key it sets.
 pub(super) struct EnvVar {
@@ -36,10 +36,11 @@ pub(super) enum Kind {
 }
 
 /// Every section's variables.
-const ENV: [&[EnvVar]; 5] = [
+const ENV: [&[EnvVar]; 6] = [
     admin::ENV,
     executor::ENV,
     glue::ENV,
+    keys::ENV,
     server::ENV,
     telemetry::ENV,
 ];

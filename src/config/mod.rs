@@ -16,6 +16,7 @@ mod check;
 mod executor;
 mod glue;
 mod handlers;
+mod keys;
 mod layers;
 mod runner;
 mod secret;
@@ -35,6 +36,7 @@ use check::Check;
 pub use admin::AdminConfig;
 pub use executor::ExecutorConfig;
 pub use handlers::CommandConfig;
+pub use keys::{KeysConfig, RedisKeysConfig, Unreachable};
 pub use runner::RunnerConfig;
 pub use secret::Secret;
 pub use server::ServerConfig;
@@ -145,6 +147,8 @@ pub struct RawConfig {
     #[serde(default)]
     telemetry: telemetry::Raw,
     #[serde(default)]
+    keys: keys::Raw,
+    #[serde(default)]
     handlers: BTreeMap<String, handlers::Raw>,
 }
 
@@ -165,6 +169,8 @@ pub struct Config {
     pub glue_enabled: Vec<GlueKind>,
     /// Telemetry.
     pub telemetry: TelemetryConfig,
+    /// Where idempotency keys live.
+    pub keys: KeysConfig,
     /// Command handlers by name.
     pub handlers: BTreeMap<String, CommandConfig>,
     /// Each key and the value it took, recorded by the conversion itself.
@@ -276,13 +282,16 @@ impl Config {
             store: raw.store.convert(&mut c),
             glue_enabled: raw.glue.convert(&mut c),
             telemetry: raw.telemetry.convert(&mut c),
+            keys: KeysConfig::Local,
             handlers: handlers::convert(raw.handlers, &mut c),
             summary: Vec::new(),
         };
+        let keys = raw.keys.convert(&config.executor.app_name, &mut c);
         if !c.problems.is_empty() {
             return Err(ConfigError::Invalid(ConfigErrors(c.problems)));
         }
         Ok(Config {
+            keys,
             summary: c.shown,
             ..config
         })

@@ -11,6 +11,7 @@
 //! it unprotected.
 
 mod admission;
+mod fleet;
 mod recovery;
 mod worker;
 
@@ -90,6 +91,9 @@ struct Inner {
     /// [`FORGOTTEN_KEPT`]): after a storage fault their removal may not have reached the disk
     /// while their record did, so the executor hands them to the next start to drop.
     forgotten: Mutex<std::collections::VecDeque<LogId>>,
+    /// Idempotency keys in the fleet's Redis (`keys.backend = "redis"`), else the store's.
+    fleet: std::sync::OnceLock<crate::fleet_keys::FleetKeys>,
+    fleet_unreachable: std::sync::OnceLock<crate::config::Unreachable>,
 }
 
 /// How many refused logIds [`Runner::forgotten`] remembers.
@@ -135,6 +139,8 @@ impl Runner {
                 tracker: TaskTracker::new(),
                 accepting: AtomicBool::new(true),
                 forgotten: Mutex::new(std::collections::VecDeque::new()),
+                fleet: std::sync::OnceLock::new(),
+                fleet_unreachable: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -509,6 +515,9 @@ impl Runner {
         // sends the callback, the log flusher within `store.log_flush_ms` if no callback can
         // go out, and a crash before then reports the run as interrupted, never as run twice.
         self.inner.store.outcome_written();
+        if let Some(f) = self.inner.fleet.get() {
+            f.finished(t.log_id);
+        }
         match finished {
             Ok(true) => {
                 self.inner

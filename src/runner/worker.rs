@@ -15,7 +15,7 @@ use super::admission::JobView;
 use super::{lock, Resolved, Runner};
 use crate::handler::{Handler, JobContext, JobLog};
 use crate::job::{reason, JobId, LogId, Outcome, OutcomeKind, Trigger, CODE_TIMEOUT};
-use crate::store::{KeyCheck, StoreError};
+use crate::store::StoreError;
 use crate::telemetry::events::Op;
 
 /// One job's worker. It lives in the runner's map until it is stopped or reclaimed.
@@ -177,7 +177,8 @@ impl Worker {
 enum Prep {
     /// Start the handler.
     Run,
-    /// The idempotency key matched a success; recorded as a duplicate.
+    /// The idempotency key matched a success (recorded as a duplicate), or the fleet's Redis
+    /// said another device holds it or could not be reached (recorded as failed).
     Duplicate,
     /// `/run` refused the trigger after all: it never runs and leaves no callback.
     Refused,
@@ -334,12 +335,9 @@ impl Runner {
             if !self.admitted(admitted.take().flatten(), t.log_id).await {
                 return Prep::Refused;
             }
-            match store.check_key(k, t.log_id, *ttl) {
-                Ok(KeyCheck::Succeeded(prev)) => {
-                    self.finish_duplicate(t, k, prev);
-                    return Prep::Duplicate;
-                }
-                Ok(_) => {}
+            match self.take_key(t, k, *ttl).await {
+                Ok(true) => {}
+                Ok(false) => return Prep::Duplicate,
                 Err(e) => return Prep::Failed(Op::KeyCheck, "check its idempotency key", e),
             }
         }

@@ -125,3 +125,74 @@ impl Store {
         Ok(())
     }
 }
+
+/// The sled tree of keys held in the fleet's Redis (see [`Store::hold_fleet_key`]).
+const FLEET_TREE: &str = "fleet_keys";
+
+impl Store {
+    /// Records that `log_id` holds `key` in the fleet's Redis under `token`, so that a restart
+    /// knows to settle it. Written before the run is marked running, it reaches the disk with
+    /// that mark's flush, before the handler starts.
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn hold_fleet_key(
+        &self,
+        key: &str,
+        log_id: LogId,
+        success_ttl: Duration,
+        token: &str,
+    ) -> Result<()> {
+        let tree = self.inner.db.open_tree(FLEET_TREE)?;
+        let mut v = log_id.0.to_be_bytes().to_vec();
+        v.extend_from_slice(&(success_ttl.as_millis() as u64).to_be_bytes());
+        v.extend_from_slice(token.as_bytes());
+        tree.insert(fleet_entry(key, log_id), v)?;
+        Ok(())
+    }
+
+    /// Every fleet key still to settle: (key, logId, success TTL, token).
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn fleet_keys_held(&self) -> Result<Vec<(String, LogId, Duration, String)>> {
+        let tree = self.inner.db.open_tree(FLEET_TREE)?;
+        let mut out = Vec::new();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            let (Some(id), Some(ttl), Some(token), Some(key)) = (
+                v.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+                v.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+                v.get(16..),
+                k.len().checked_sub(8).and_then(|n| k.get(..n)),
+            ) else {
+                continue;
+            };
+            out.push((
+                String::from_utf8_lossy(key).into_owned(),
+                LogId(i64::from_be_bytes(id)),
+                Duration::from_millis(u64::from_be_bytes(ttl)),
+                String::from_utf8_lossy(token).into_owned(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The fleet key of `log_id` is settled in Redis: nothing left to do after a restart.
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn fleet_key_settled(&self, key: &str, log_id: LogId) -> Result<()> {
+        let tree = self.inner.db.open_tree(FLEET_TREE)?;
+        tree.remove(fleet_entry(key, log_id))?;
+        Ok(())
+    }
+}
+
+/// One entry per (key, run): the key's bytes then the logId, so two runs that held the same
+/// key one after the other (the first not yet settled) keep an entry each.
+fn fleet_entry(key: &str, log_id: LogId) -> Vec<u8> {
+    let mut k = key.as_bytes().to_vec();
+    k.extend_from_slice(&log_id.0.to_be_bytes());
+    k
+}
