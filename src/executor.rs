@@ -411,7 +411,7 @@ impl Executor {
             admins = ?self.admin.addresses(),
             "xxl-edge executor started."
         );
-        for note in self.config.transport_notes() {
+        for note in self.config.notes() {
             tracing::warn!("{note}");
         }
         let reg_stop = CancellationToken::new();

@@ -258,7 +258,7 @@ fn print_config(c: &Config) {
             Some(d) => format!("relaxed (flush every {} ms)", d.as_millis()),
         }
     );
-    for note in c.notes().into_iter().chain(c.transport_notes()) {
+    for note in c.notes() {
         println!("note: {note}");
     }
 }

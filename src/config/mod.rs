@@ -311,6 +311,17 @@ impl Config {
                 self.admin.addresses.len()
             ));
         }
+        if let KeysConfig::Redis(r) = &self.keys {
+            if r.unreachable == Unreachable::Local {
+                notes.push(
+                    "keys.unreachable = \"local\": while Redis cannot be reached, an \
+                     idempotency key holds on this device only, so another device of the app may \
+                     run the same key too (each such run's log says so)."
+                        .to_string(),
+                );
+            }
+        }
+        notes.extend(self.transport_notes());
         notes
     }
 
@@ -404,6 +415,30 @@ mod tests {
             c.admin.addresses,
             vec!["http://a/xxl-job-admin".to_string()]
         );
+    }
+
+    #[test]
+    fn a_local_fallback_for_redis_keys_is_pointed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let notes = |unreachable: &str| {
+            std::fs::write(
+                &file,
+                format!("[keys]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\n{unreachable}"),
+            )
+            .unwrap();
+            Config::load(Some(&file), &env(&[]), &Overrides::default())
+                .unwrap()
+                .notes()
+        };
+        let local = notes("unreachable = \"local\"\n");
+        assert!(
+            local
+                .iter()
+                .any(|n| n.contains("holds on this device only")),
+            "{local:?}"
+        );
+        assert!(notes("").is_empty(), "fail (the default) needs no note");
     }
 
     #[test]

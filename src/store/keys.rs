@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::records::KeyRecord;
-use super::{Result, Store};
+use super::{Result, Store, StoreError};
 use crate::clock;
 use crate::job::{LogId, Outcome, RunState};
 
@@ -126,9 +126,6 @@ impl Store {
     }
 }
 
-/// The sled tree of keys held in the fleet's Redis (see [`Store::hold_fleet_key`]).
-const FLEET_TREE: &str = "fleet_keys";
-
 impl Store {
     /// Records that `log_id` holds `key` in the fleet's Redis under `token`, so that a restart
     /// knows to settle it. Written before the run is marked running, it reaches the disk with
@@ -143,7 +140,7 @@ impl Store {
         success_ttl: Duration,
         token: &str,
     ) -> Result<()> {
-        let tree = self.inner.db.open_tree(FLEET_TREE)?;
+        let tree = &self.inner.fleet_keys;
         let mut v = log_id.0.to_be_bytes().to_vec();
         v.extend_from_slice(&(success_ttl.as_millis() as u64).to_be_bytes());
         v.extend_from_slice(token.as_bytes());
@@ -156,9 +153,8 @@ impl Store {
     /// # Errors
     /// I/O.
     pub fn fleet_keys_held(&self) -> Result<Vec<(String, LogId, Duration, String)>> {
-        let tree = self.inner.db.open_tree(FLEET_TREE)?;
         let mut out = Vec::new();
-        for item in tree.iter() {
+        for item in self.inner.fleet_keys.iter() {
             let (k, v) = item?;
             let (Some(id), Some(ttl), Some(token), Some(key)) = (
                 v.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
@@ -166,7 +162,11 @@ impl Store {
                 v.get(16..),
                 k.len().checked_sub(8).and_then(|n| k.get(..n)),
             ) else {
-                continue;
+                return Err(StoreError::Corrupt(format!(
+                    "fleet key entry of {} key bytes and {} value bytes",
+                    k.len(),
+                    v.len()
+                )));
             };
             out.push((
                 String::from_utf8_lossy(key).into_owned(),
@@ -183,8 +183,7 @@ impl Store {
     /// # Errors
     /// I/O.
     pub fn fleet_key_settled(&self, key: &str, log_id: LogId) -> Result<()> {
-        let tree = self.inner.db.open_tree(FLEET_TREE)?;
-        tree.remove(fleet_entry(key, log_id))?;
+        self.inner.fleet_keys.remove(fleet_entry(key, log_id))?;
         Ok(())
     }
 }

@@ -163,6 +163,8 @@ struct Inner {
     outbox: sled::Tree,
     keys: sled::Tree,
     logs: sled::Tree,
+    /// Keys held in the fleet's Redis, for a restart to settle (see `keys`).
+    fleet_keys: sled::Tree,
     dir: PathBuf,
     /// `store/params`: large triggers, one file per unfinished run.
     bulk_dir: PathBuf,

@@ -99,6 +99,7 @@ impl Store {
         let outbox = open("outbox")?;
         let keys = open("keys")?;
         let logs = open("logs")?;
+        let fleet_keys = open("fleet_keys")?;
         let meta = open("meta")?;
         let integrity =
             super::anchor::after_open(&dir, &db, meta.clone(), &runs, anchor).map_err(&unusable)?;
@@ -135,6 +136,7 @@ impl Store {
             outbox,
             keys,
             logs,
+            fleet_keys,
             dir,
             bulk_dir,
             pending_removals: std::sync::Mutex::new(Vec::new()),
