@@ -169,7 +169,11 @@ pub fn routes(
                     client: AdminClient::from_accept_charset(accept_charset.as_deref()),
                     content_length,
                 };
-                match dispatch(&s, req, body).await {
+                let started = std::time::Instant::now();
+                let route = crate::telemetry::http_route(&target);
+                let res = dispatch(&s, req, body).await;
+                observe(&s.metrics, route, &res, started.elapsed());
+                match res {
                     Ok(r) => r,
                     Err(e) => e.into_response(),
                 }
@@ -248,6 +252,49 @@ fn metrics_response(s: &ApiState) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
+}
+
+/// Counts a request (`xxl_edge_http_requests_total`, its latency, refused tokens) and logs
+/// refusals a peer can repeat at will, rate-limited.
+fn observe(
+    m: &Metrics,
+    route: &'static str,
+    res: &Result<Response, ApiError>,
+    took: std::time::Duration,
+) {
+    let code = if res.is_ok() { "200" } else { "500" };
+    m.http_requests.with_label_values(&[route, code]).inc();
+    m.http_latency
+        .with_label_values(&[route])
+        .observe(took.as_secs_f64());
+    match res {
+        Err(ApiError::Token) => {
+            m.token_refusals.inc();
+            if let Some(held_back) = m.log_allowed(crate::telemetry::LogKind::TokenRefused) {
+                tracing::warn!(
+                    route,
+                    held_back,
+                    "Refused a request with a missing or wrong access token (xxl_edge_http_token_refusals_total)."
+                );
+            }
+        }
+        Err(
+            e @ (ApiError::Method
+            | ApiError::NotFound(_)
+            | ApiError::TooLarge(_)
+            | ApiError::BodyTimeout(_)
+            | ApiError::Malformed(_)
+            | ApiError::Invalid(_)),
+        ) => {
+            if let Some(held_back) = m.log_allowed(crate::telemetry::LogKind::BadRequest) {
+                // The peer's text (an unknown target) is cut: it can be of any length.
+                let error: String = e.to_string().chars().take(200).collect();
+                tracing::info!(route, error, held_back, "Refused a malformed request.");
+            }
+        }
+        // Refused triggers are logged by the runner, with the run's fields.
+        Ok(_) | Err(ApiError::Refused(_)) => {}
+    }
 }
 
 fn token_ok(expected: &str, got: Option<&str>) -> bool {
