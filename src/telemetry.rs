@@ -812,16 +812,7 @@ pub mod traces {
             .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
         // No colour codes when stderr is a pipe or journald, only on a terminal.
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let fmt = tracing_subscriber::fmt::layer()
-            .with_ansi(ansi)
-            .with_writer(std::io::stderr);
-        let fmt = if json {
-            // The message and the event's fields at the top level, as log shippers expect
-            // (`message`, not `fields.message`).
-            fmt.json().flatten_event(true).with_filter(filter).boxed()
-        } else {
-            fmt.with_filter(filter).boxed()
-        };
+        let fmt = log_layer(json, ansi, std::io::stderr).with_filter(filter);
         let provider = otlp.map(|o| provider(o, metrics)).transpose()?;
         let details = otlp.is_some_and(|o| o.details);
         let otel = provider.as_ref().map(|p| layer(p, details));
@@ -831,6 +822,27 @@ pub mod traces {
             .with(otel)
             .try_init();
         Ok(Guard(provider))
+    }
+
+    /// The executor's log output: text, or JSON with the message and the event's fields at the
+    /// top level (`message`, not `fields.message`), as log shippers expect.
+    pub fn log_layer<S, W>(
+        json: bool,
+        ansi: bool,
+        writer: W,
+    ) -> Box<dyn Layer<S> + Send + Sync + 'static>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+        W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+    {
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer);
+        if json {
+            fmt.json().flatten_event(true).boxed()
+        } else {
+            fmt.boxed()
+        }
     }
 
     /// `traceid-spanid` of a span when it is exported (valid and sampled), for the run log and

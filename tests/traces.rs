@@ -18,7 +18,7 @@ use serde_json::json;
 use support::*;
 use tracing_subscriber::layer::SubscriberExt;
 use warp::Filter;
-use xxl_edge::telemetry::traces;
+use xxl_edge::telemetry::{traces, Metrics};
 
 #[derive(Clone, Default)]
 struct Receiver {
@@ -74,17 +74,78 @@ fn export_to(
 ) -> (
     opentelemetry_sdk::trace::SdkTracerProvider,
     tracing::subscriber::DefaultGuard,
+    Metrics,
 ) {
-    let provider = traces::provider(&traces::OtlpConfig {
-        traces_url: format!("http://{addr}/v1/traces"),
-        service_name: service.into(),
-        sample_ratio: 1.0,
-        timeout,
-    })
+    export_with(addr, Some(service), timeout, 1.0)
+}
+
+fn export_with(
+    addr: SocketAddr,
+    service: Option<&str>,
+    timeout: Duration,
+    sample_ratio: f64,
+) -> (
+    opentelemetry_sdk::trace::SdkTracerProvider,
+    tracing::subscriber::DefaultGuard,
+    Metrics,
+) {
+    let metrics = Metrics::new().unwrap();
+    let provider = traces::provider(
+        &traces::OtlpConfig {
+            traces_url: format!("http://{addr}/v1/traces"),
+            service_name: service.map(str::to_string),
+            sample_ratio,
+            timeout,
+            details: false,
+        },
+        &metrics,
+    )
     .unwrap();
-    let subscriber = tracing_subscriber::registry().with(traces::layer(&provider));
+    let subscriber = tracing_subscriber::registry().with(traces::layer(&provider, false));
     let guard = tracing::subscriber::set_default(subscriber);
-    (provider, guard)
+    (provider, guard, metrics)
+}
+
+/// An executor whose metrics registry is `metrics` (the one the exporter counts spans in).
+async fn setup_with(metrics: &Metrics) -> (FakeAdmin, TestExecutor, Probe, tempfile::TempDir) {
+    let admin = FakeAdmin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Probe::new();
+    let cfg = test_config(dir.path(), &admin.url(), "");
+    let ex = TestExecutor::start(sample_handlers(
+        xxl_edge::Executor::builder()
+            .metrics(metrics.clone())
+            .config(cfg),
+        &probe,
+    ))
+    .await;
+    (admin, ex, probe, dir)
+}
+
+fn spans_counted(m: &Metrics, result: &str) -> u64 {
+    m.trace_spans.with_label_values(&[result]).get()
+}
+
+fn flush(
+    provider: &opentelemetry_sdk::trace::SdkTracerProvider,
+) -> impl std::future::Future<Output = ()> {
+    let p = provider.clone();
+    async move {
+        tokio::task::spawn_blocking(move || {
+            let _ = p.force_flush();
+        })
+        .await
+        .unwrap();
+    }
+}
+
+/// The value of an attribute with its OTLP type.
+fn typed(s: &Span, key: &str) -> Option<AnyV> {
+    s.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.clone())
 }
 
 fn hex(b: &[u8]) -> String {
@@ -94,9 +155,9 @@ fn hex(b: &[u8]) -> String {
 #[tokio::test]
 async fn one_trace_per_trigger_with_linked_callback() {
     let (rx, addr) = receiver().await;
-    let (provider, _guard) = export_to(addr, "xxl-edge-test", Duration::from_secs(5));
+    let (provider, _guard, metrics) = export_to(addr, "xxl-edge-test", Duration::from_secs(5));
 
-    let (admin, ex, _probe, _dir) = setup("").await;
+    let (admin, ex, _probe, _dir) = setup_with(&metrics).await;
     admin.registrations(1).await;
     assert_eq!(
         ex.run(
@@ -112,11 +173,27 @@ async fn one_trace_per_trigger_with_linked_callback() {
     let log = ex.log_contains(4201, "callback finish.").await;
     assert_eq!(ex.run(43, "nope", 4301, json!({})).await["code"], 500);
 
-    let p = provider.clone();
-    tokio::task::spawn_blocking(move || p.force_flush().unwrap())
-        .await
-        .unwrap();
+    flush(&provider).await;
     let spans = rx.spans.lock().unwrap().clone();
+    // Every span that arrived is counted as exported; none lost.
+    assert_eq!(spans_counted(&metrics, "exported"), spans.len() as u64);
+    assert_eq!(spans_counted(&metrics, "failed"), 0);
+    assert_eq!(spans_counted(&metrics, "dropped"), 0);
+    // The tracing bridge's extras are not sent unless asked for.
+    for s in &spans {
+        for kv in &s.attributes {
+            assert!(
+                !(kv.key.starts_with("code.")
+                    || kv.key.starts_with("thread.")
+                    || kv.key == "busy_ns"
+                    || kv.key == "idle_ns"
+                    || kv.key == "target"),
+                "{} carries {}",
+                s.name,
+                kv.key
+            );
+        }
+    }
     let by_name = |n: &str| -> Vec<&Span> { spans.iter().filter(|s| s.name == n).collect() };
 
     let req = by_name("POST /run")
@@ -164,6 +241,16 @@ async fn one_trace_per_trigger_with_linked_callback() {
     let a = attrs(&call.attributes);
     assert_eq!(a["xxl.admin.call"], "callback");
     assert_eq!(a["http.response.status_code"], "200");
+    // The conventions' types: integers, on every span.
+    assert_eq!(
+        typed(call, "http.response.status_code"),
+        Some(AnyV::IntValue(200))
+    );
+    assert_eq!(
+        typed(req, "http.response.status_code"),
+        Some(AnyV::IntValue(200))
+    );
+    assert!(matches!(typed(cb, "xxl.callback.count"), Some(AnyV::IntValue(n)) if n >= 1));
     assert!(a["url.full"].ends_with("/xxl-job-admin/api/callback"));
     assert!(!by_name("registry.beat").is_empty());
 
@@ -173,6 +260,11 @@ async fn one_trace_per_trigger_with_linked_callback() {
         .find(|s| attrs(&s.attributes)["xxl.job.log_id"] == "4301")
         .unwrap();
     assert_eq!(refused.status.as_ref().unwrap().code, 2);
+    assert_eq!(
+        refused.status.as_ref().unwrap().message,
+        "job handler [nope] not found."
+    );
+    assert_eq!(attrs(&refused.attributes)["error.type"], "unknown_handler");
     assert_eq!(
         attrs(&refused.attributes)["xxl.trigger.msg"],
         "job handler [nope] not found."
@@ -197,9 +289,175 @@ async fn a_dead_collector_does_not_touch_job_execution() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let (provider, _guard) = export_to(closed, "x", Duration::from_secs(1));
-    let (admin, ex, _probe, _dir) = setup("").await;
+    let (provider, _guard, metrics) = export_to(closed, "x", Duration::from_secs(1));
+    let (admin, ex, _probe, _dir) = setup_with(&metrics).await;
     run_demo_and_await_callbacks(&admin, &ex, 20).await;
     ex.shutdown().await;
     let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    // The lost spans are counted, none as exported.
+    assert!(
+        spans_counted(&metrics, "failed") >= 20 * 3,
+        "{}",
+        metrics.render()
+    );
+    assert_eq!(spans_counted(&metrics, "exported"), 0);
+}
+
+/// Accepts connections and never answers: every export waits for its timeout.
+fn silent_collector() -> (SocketAddr, std::sync::mpsc::Sender<()>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        l.set_nonblocking(true).unwrap();
+        // Bounded: until the test ends (its sender is dropped) or 60 s.
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < until {
+            if let Ok((c, _)) = l.accept() {
+                held.push(c);
+            }
+            match stop_rx.recv_timeout(Duration::from_millis(20)) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+        }
+    });
+    (addr, stop_tx)
+}
+
+/// A collector that takes connections and never answers: exports fail at their timeout, the
+/// spans ended meanwhile beyond the queue are dropped, and every span is counted once as
+/// exported, failed or dropped.
+#[test]
+fn spans_lost_to_a_silent_collector_are_counted() {
+    let (addr, _stop) = silent_collector();
+    let metrics = Metrics::new().unwrap();
+    let provider = traces::provider(
+        &traces::OtlpConfig {
+            traces_url: format!("http://{addr}/v1/traces"),
+            service_name: None,
+            sample_ratio: 1.0,
+            timeout: Duration::from_millis(200),
+            details: false,
+        },
+        &metrics,
+    )
+    .unwrap();
+    let subscriber = tracing_subscriber::registry().with(traces::layer(&provider, false));
+    let total = traces::MAX_QUEUE as u64 + 1000;
+    tracing::subscriber::with_default(subscriber, || {
+        for i in 0..total {
+            // The exporter's filter takes xxl-edge's own targets only.
+            let _s = tracing::debug_span!(target: "xxl_edge::test", "burst", i).entered();
+        }
+    });
+    let _ = provider.shutdown();
+    let (exported, failed, dropped) = (
+        spans_counted(&metrics, "exported"),
+        spans_counted(&metrics, "failed"),
+        spans_counted(&metrics, "dropped"),
+    );
+    assert_eq!(exported, 0);
+    assert!(dropped >= 1000, "dropped {dropped}");
+    assert!(failed >= 1, "failed {failed}");
+    assert_eq!(
+        exported + failed + dropped,
+        total,
+        "{exported} + {failed} + {dropped}"
+    );
+}
+
+/// A failing run's span says why (status message, `error.type`), a failed admin call too;
+/// an unsampled run prints no trace id into its log.
+#[tokio::test]
+async fn error_spans_carry_their_reason() {
+    let (rx, addr) = receiver().await;
+    let (provider, _guard, metrics) = export_to(addr, "t", Duration::from_secs(5));
+    let (admin, ex, _probe, _dir) = setup_with(&metrics).await;
+    admin.registrations(1).await;
+    assert_eq!(
+        ex.run(
+            7,
+            "failJobHandler",
+            701,
+            json!({"executorParams": "disk on fire"})
+        )
+        .await,
+        ok()
+    );
+    admin.callback(701).await;
+    admin.set_mode(AdminMode::Http503);
+    assert_eq!(ex.run(8, "demoJobHandler", 801, json!({})).await, ok());
+    // Written once the admin call (and its span) has ended.
+    ex.log_contains(801, "callback error").await;
+    flush(&provider).await;
+    let spans = rx.spans.lock().unwrap().clone();
+    let run = spans
+        .iter()
+        .find(|s| s.name == "job.run" && attrs(&s.attributes)["xxl.job.log_id"] == "701")
+        .expect("the failed run's span");
+    let st = run.status.as_ref().unwrap();
+    assert_eq!(st.code, 2);
+    assert_eq!(st.message, "disk on fire");
+    assert_eq!(attrs(&run.attributes)["error.type"], "failed");
+    let call = spans
+        .iter()
+        .find(|s| s.name == "admin.call" && s.status.as_ref().is_some_and(|st| st.code == 2))
+        .expect("a failed admin call");
+    let a = attrs(&call.attributes);
+    assert_eq!(a["error.type"], "503");
+    assert_eq!(
+        typed(call, "http.response.status_code"),
+        Some(AnyV::IntValue(503))
+    );
+    assert!(
+        call.status
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("statusCode(503)"),
+        "{:?}",
+        call.status
+    );
+    ex.shutdown().await;
+    let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+}
+
+#[tokio::test]
+async fn an_unsampled_run_prints_no_trace_id() {
+    let (rx, addr) = receiver().await;
+    let (provider, _guard, metrics) = export_with(addr, Some("t"), Duration::from_secs(5), 0.0);
+    let (admin, ex, _probe, _dir) = setup_with(&metrics).await;
+    assert_eq!(ex.run(9, "demoJobHandler", 901, json!({})).await, ok());
+    admin.callback(901).await;
+    let log = ex.log_contains(901, "callback finish.").await;
+    assert!(!log.contains("trace_id="), "{log}");
+    flush(&provider).await;
+    assert!(rx.spans.lock().unwrap().is_empty());
+    ex.shutdown().await;
+    let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+}
+
+/// `service.name` given only in `OTEL_RESOURCE_ATTRIBUTES` is the one exported; a configured
+/// one still wins. The variable is set for this process only, and only this test reads a
+/// resource without a configured name.
+#[tokio::test]
+async fn service_name_from_otel_resource_attributes() {
+    // Edition 2021: `set_var` is safe; no other test of this binary depends on the variable.
+    std::env::set_var(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "service.name=from-env,deployment.environment=test",
+    );
+    for (configured, want) in [(None, "from-env"), (Some("configured"), "configured")] {
+        let (rx, addr) = receiver().await;
+        let (provider, guard, _m) = export_with(addr, configured, Duration::from_secs(5), 1.0);
+        drop(tracing::debug_span!(target: "xxl_edge::test", "one").entered());
+        flush(&provider).await;
+        drop(guard);
+        let res = rx.resources.lock().unwrap()[0].clone();
+        assert_eq!(res["service.name"], want);
+        assert_eq!(res["deployment.environment"], "test");
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
 }

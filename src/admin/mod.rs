@@ -271,17 +271,26 @@ impl AdminClient {
             url.full = crate::telemetry::redact_url(&url),
             xxl.admin.call = call,
             http.response.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            error.type = tracing::field::Empty,
         );
         let res = tracing::Instrument::instrument(self.post_url(&url, body), span.clone()).await;
         match &res {
+            // As integers (the conventions' type): the bridge records unsigned values as text.
             Ok(status) => {
-                span.record("http.response.status_code", status);
+                span.record("http.response.status_code", i64::from(*status));
             }
             Err(e) => {
-                if let AdminError::Status(code, _) = e {
-                    span.record("http.response.status_code", code);
-                }
                 span.record("otel.status_code", "ERROR");
+                // The conventions' `error.type`: the status code when the admin answered with
+                // one, else what went wrong (bounded).
+                if let AdminError::Status(code, _) = e {
+                    span.record("http.response.status_code", i64::from(*code));
+                    span.record("error.type", code.to_string());
+                } else {
+                    span.record("error.type", e.kind());
+                }
+                span.record("otel.status_description", e.to_string());
             }
         }
         res.map(|_| ())

@@ -455,6 +455,8 @@ where
                 "POST /run",
                 otel.kind = "server",
                 otel.status_code = tracing::field::Empty,
+                otel.status_description = tracing::field::Empty,
+                error.type = tracing::field::Empty,
                 http.request.method = "POST",
                 http.route = route,
                 http.response.status_code = 200,
@@ -471,6 +473,8 @@ where
                 Ok(()) => span.record("xxl.trigger.code", 200),
                 Err(r) => {
                     span.record("otel.status_code", "ERROR");
+                    span.record("error.type", r.result.as_str());
+                    span.record("otel.status_description", r.msg.as_str());
                     span.record("xxl.trigger.msg", r.msg.as_str());
                     span.record("xxl.trigger.code", 500)
                 }

@@ -122,3 +122,26 @@ mod tests {
         );
     }
 }
+
+/// Logs at `$level` when the kind's budget allows (with `held_back`, the number of lines of
+/// that kind held back since the last one), else at DEBUG: `RUST_LOG=debug` still shows
+/// every line, `info` and `warn` never flood.
+///
+/// `throttled!(metrics, LogKind::RunFailed, warn, log_id = 7, "Run failed.")`
+macro_rules! throttled {
+    ($metrics:expr, $kind:expr, $level:ident, $($rest:tt)+) => {{
+        match $metrics.log_allowed($kind) {
+            Some(held_back) => ::tracing::$level!(held_back, $($rest)+),
+            None => ::tracing::debug!($($rest)+),
+        }
+    }};
+}
+pub(crate) use throttled;
+
+/// At most `max` characters of `text`: for text a peer or a handler chose, in a log line.
+pub fn cut(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}
