@@ -17,6 +17,7 @@ use prost::Message;
 use serde_json::json;
 use support::*;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::Layer;
 use warp::Filter;
 use xxl_edge::telemetry::{traces, Metrics};
 
@@ -460,4 +461,147 @@ async fn service_name_from_otel_resource_attributes() {
         assert_eq!(res["deployment.environment"], "test");
         let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
     }
+}
+
+/// What the executor's log layer writes, for the test to read.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Waits (bounded) until the log holds `needle`.
+    async fn wait_for(&self, needle: &str) -> String {
+        for _ in 0..1000 {
+            let t = self.text();
+            if t.contains(needle) {
+                return t;
+            }
+            // Polling a condition: the line is written by a task the test cannot await.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no {needle:?} in the log:\n{}", self.text());
+    }
+}
+
+/// An admin URL with credentials is shown without them on `/metrics`, in spans and in log
+/// lines (a live admin and a dead one, so that errors are logged too); the run's log lines
+/// carry the trace id of its exported trace.
+#[tokio::test]
+async fn admin_credentials_never_leave_the_client() {
+    const SECRET: &str = "s3cret";
+    let (rx, addr) = receiver().await;
+    let metrics = Metrics::new().unwrap();
+    let provider = traces::provider(
+        &traces::OtlpConfig {
+            traces_url: format!("http://{addr}/v1/traces"),
+            service_name: Some("t".into()),
+            sample_ratio: 1.0,
+            timeout: Duration::from_secs(5),
+            details: false,
+        },
+        &metrics,
+    )
+    .unwrap();
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::registry()
+        .with(traces::layer(&provider, false))
+        .with(
+            traces::log_layer(false, false, move || writer.clone())
+                .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG),
+        );
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let admin = FakeAdmin::start().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let live_url = format!("http://user:{SECRET}@{}/xxl-job-admin", admin.addr);
+    let dead_url = format!("http://other:{SECRET}@{dead}/xxl-job-admin");
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Probe::new();
+    // Two admins: `test_config` quotes the string into `addresses = ["..."]`.
+    let cfg = test_config(dir.path(), &format!("{live_url}\", \"{dead_url}"), "");
+    assert_eq!(cfg.admin.addresses.len(), 2);
+    let ex = TestExecutor::start(sample_handlers(
+        xxl_edge::Executor::builder()
+            .metrics(metrics.clone())
+            .config(cfg),
+        &probe,
+    ))
+    .await;
+    admin.registrations(1).await;
+    logs.wait_for("Registration failed").await;
+    assert_eq!(ex.run(5, "demoJobHandler", 501, json!({})).await, ok());
+    admin.callback(501).await;
+    ex.log_contains(501, "callback finish.").await;
+    let scraped = ex.metrics_text().await;
+    flush(&provider).await;
+
+    assert!(!scraped.contains(SECRET), "{scraped}");
+    assert!(
+        scraped.contains(&format!(
+            "admin=\"http://REDACTED:REDACTED@{}/xxl-job-admin\"",
+            admin.addr
+        )),
+        "{scraped}"
+    );
+    let text = logs.text();
+    assert!(!text.contains(SECRET), "{text}");
+    assert!(text.contains("REDACTED:REDACTED@"), "{text}");
+    let spans = rx.spans.lock().unwrap().clone();
+    let calls: Vec<&Span> = spans.iter().filter(|s| s.name == "admin.call").collect();
+    assert!(calls.len() >= 3, "registry x2 and callback");
+    for s in &spans {
+        let a = attrs(&s.attributes);
+        for (k, v) in &a {
+            assert!(!v.contains(SECRET), "{}: {k}={v}", s.name);
+        }
+        let msg = s
+            .status
+            .as_ref()
+            .map(|st| st.message.clone())
+            .unwrap_or_default();
+        assert!(!msg.contains(SECRET), "{}: {msg}", s.name);
+    }
+    assert!(calls
+        .iter()
+        .all(|c| attrs(&c.attributes)["url.full"].starts_with("http://REDACTED:REDACTED@")));
+    // A failed call to the dead admin says why, without the password.
+    assert!(calls.iter().any(|c| attrs(&c.attributes)
+        .get("error.type")
+        .is_some_and(|e| e == "unreachable")));
+
+    // The run's lines lead to its trace.
+    let run = spans
+        .iter()
+        .find(|s| s.name == "job.run" && attrs(&s.attributes)["xxl.job.log_id"] == "501")
+        .unwrap();
+    let started = text
+        .lines()
+        .find(|l| l.contains("Run started.") && l.contains("log_id=501"))
+        .expect("a line for the run's start");
+    assert!(started.contains(&hex(&run.trace_id)), "{started}");
+    assert!(started.contains("handler=demoJobHandler"), "{started}");
+    let finished = text
+        .lines()
+        .find(|l| l.contains("Run finished.") && l.contains("log_id=501"))
+        .expect("a line for the run's end");
+    assert!(finished.contains(&hex(&run.trace_id)), "{finished}");
+    ex.shutdown().await;
+    let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
 }
