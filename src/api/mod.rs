@@ -270,13 +270,13 @@ fn observe(
     match res {
         Err(ApiError::Token) => {
             m.token_refusals.inc();
-            if let Some(held_back) = m.log_allowed(crate::telemetry::LogKind::TokenRefused) {
-                tracing::warn!(
-                    route,
-                    held_back,
-                    "Refused a request with a missing or wrong access token (xxl_edge_http_token_refusals_total)."
-                );
-            }
+            crate::telemetry::throttle::throttled!(
+                m,
+                crate::telemetry::LogKind::TokenRefused,
+                warn,
+                route,
+                "Refused a request with a missing or wrong access token (xxl_edge_http_token_refusals_total)."
+            );
         }
         Err(
             e @ (ApiError::Method
@@ -286,11 +286,17 @@ fn observe(
             | ApiError::Malformed(_)
             | ApiError::Invalid(_)),
         ) => {
-            if let Some(held_back) = m.log_allowed(crate::telemetry::LogKind::BadRequest) {
-                // The peer's text (an unknown target) is cut: it can be of any length.
-                let error: String = e.to_string().chars().take(200).collect();
-                tracing::info!(route, error, held_back, "Refused a malformed request.");
-            }
+            // The peer's text (an unknown target) is cut: it can be of any length.
+            let error = e.to_string();
+            let error = crate::telemetry::throttle::cut(&error, 200);
+            crate::telemetry::throttle::throttled!(
+                m,
+                crate::telemetry::LogKind::BadRequest,
+                info,
+                route,
+                error,
+                "Refused a malformed request."
+            );
         }
         // Refused triggers are logged by the runner, with the run's fields.
         Ok(_) | Err(ApiError::Refused(_)) => {}
