@@ -441,25 +441,74 @@ async fn an_unsampled_run_prints_no_trace_id() {
 }
 
 /// `service.name` given only in `OTEL_RESOURCE_ATTRIBUTES` is the one exported; a configured
-/// one still wins. The variable is set for this process only, and only this test reads a
-/// resource without a configured name.
+/// one still wins. The real binary as a child process, so the variable is set for it alone.
 #[tokio::test]
 async fn service_name_from_otel_resource_attributes() {
-    // Edition 2021: `set_var` is safe; no other test of this binary depends on the variable.
-    std::env::set_var(
-        "OTEL_RESOURCE_ATTRIBUTES",
-        "service.name=from-env,deployment.environment=test",
-    );
-    for (configured, want) in [(None, "from-env"), (Some("configured"), "configured")] {
+    let admin = FakeAdmin::start().await;
+    for (configured, want) in [
+        ("", "from-env"),
+        ("service_name = \"configured\"", "configured"),
+    ] {
         let (rx, addr) = receiver().await;
-        let (provider, guard, _m) = export_with(addr, configured, Duration::from_secs(5), 1.0);
-        drop(tracing::debug_span!(target: "xxl_edge::test", "one").entered());
-        flush(&provider).await;
-        drop(guard);
-        let res = rx.resources.lock().unwrap()[0].clone();
-        assert_eq!(res["service.name"], want);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("xxl-edge.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[admin]
+addresses = ["{}"]
+access_token = "default_token"
+[executor]
+app_name = "xxl-job-executor-sample"
+ip = "127.0.0.1"
+listen = "127.0.0.1"
+port = 0
+data_dir = "{}"
+[store]
+min_free_bytes = 0
+[telemetry]
+otlp_traces_endpoint = "http://{addr}/v1/traces"
+{configured}
+"#,
+                admin.url(),
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=from-env,deployment.environment=test",
+            )
+            .env_remove("OTEL_SERVICE_NAME")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The registration beat's span is exported within the batch delay (2 s).
+        let mut res = None;
+        for _ in 0..1000 {
+            if let Some(r) = rx.resources.lock().unwrap().first().cloned() {
+                res = Some(r);
+                break;
+            }
+            // Polling a condition: the export happens in another process.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        let res = res.expect("the child exported spans");
+        assert_eq!(res["service.name"], want, "{res:?}");
         assert_eq!(res["deployment.environment"], "test");
-        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        assert!(status.success(), "{status}");
     }
 }
 

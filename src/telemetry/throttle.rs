@@ -91,9 +91,39 @@ impl Default for Throttle {
     }
 }
 
+/// Logs at `$level` when the kind's budget allows (with `held_back`, the number of lines of
+/// that kind held back since the last one), else at DEBUG: `RUST_LOG=debug` still shows
+/// every line, `info` and `warn` never flood.
+///
+/// `throttled!(metrics, LogKind::RunFailed, warn, log_id = 7, "Run failed.")`
+macro_rules! throttled {
+    ($metrics:expr, $kind:expr, $level:ident, $($rest:tt)+) => {{
+        match $metrics.log_allowed($kind) {
+            Some(held_back) => ::tracing::$level!(held_back, $($rest)+),
+            None => ::tracing::debug!($($rest)+),
+        }
+    }};
+}
+pub(crate) use throttled;
+
+/// At most `max` characters of `text`: for text a peer or a handler chose, in a log line.
+pub fn cut(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cut_keeps_whole_characters() {
+        assert_eq!(cut("héllo", 2), "hé");
+        assert_eq!(cut("abc", 10), "abc");
+        assert_eq!(cut("", 0), "");
+    }
 
     #[test]
     fn one_line_per_kind_per_interval_then_the_count_of_held_back_ones() {
@@ -120,28 +150,5 @@ mod tests {
             t.allow(LogKind::TokenRefused, t0 + Duration::from_secs(200)),
             Some(1)
         );
-    }
-}
-
-/// Logs at `$level` when the kind's budget allows (with `held_back`, the number of lines of
-/// that kind held back since the last one), else at DEBUG: `RUST_LOG=debug` still shows
-/// every line, `info` and `warn` never flood.
-///
-/// `throttled!(metrics, LogKind::RunFailed, warn, log_id = 7, "Run failed.")`
-macro_rules! throttled {
-    ($metrics:expr, $kind:expr, $level:ident, $($rest:tt)+) => {{
-        match $metrics.log_allowed($kind) {
-            Some(held_back) => ::tracing::$level!(held_back, $($rest)+),
-            None => ::tracing::debug!($($rest)+),
-        }
-    }};
-}
-pub(crate) use throttled;
-
-/// At most `max` characters of `text`: for text a peer or a handler chose, in a log line.
-pub fn cut(text: &str, max: usize) -> &str {
-    match text.char_indices().nth(max) {
-        Some((i, _)) => &text[..i],
-        None => text,
     }
 }
