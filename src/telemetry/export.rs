@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opentelemetry::Context;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -64,19 +64,16 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
             Ok(()) => self.counts.exported.inc_by(n as u64),
             Err(e) => {
                 self.counts.failed.inc_by(n as u64);
-                if let Some(held_back) = self
-                    .counts
-                    .throttle
-                    .allow(LogKind::TraceExport, Instant::now())
-                {
-                    tracing::warn!(
-                        endpoint = %super::redact::redact_url(&self.url),
-                        spans = n,
-                        error = %super::redact::redact_in(&e.to_string(), &self.url),
-                        held_back,
-                        "Cannot export spans; they are lost (xxl_edge_trace_spans_total{{result=\"failed\"}})."
-                    );
-                }
+                let error = super::redact::redact_in(&e.to_string(), &self.url);
+                super::throttle::throttled!(
+                    self.counts.throttle,
+                    LogKind::TraceExport,
+                    warn,
+                    endpoint = %super::redact::redact_url(&self.url),
+                    spans = n,
+                    error,
+                    "Cannot export spans; they are lost (xxl_edge_trace_spans_total{{result=\"failed\"}})."
+                );
             }
         }
         self.in_flight.0.fetch_sub(n, Ordering::AcqRel);

@@ -85,6 +85,13 @@ impl Throttle {
     }
 }
 
+impl Throttle {
+    /// [`Throttle::allow`] now.
+    pub fn log_allowed(&self, kind: LogKind) -> Option<u64> {
+        self.allow(kind, Instant::now())
+    }
+}
+
 impl Default for Throttle {
     fn default() -> Self {
         Self::new(EVERY)
