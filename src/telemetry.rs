@@ -18,6 +18,7 @@ pub mod cpu;
 pub mod events;
 pub mod export;
 pub mod redact;
+pub(crate) mod runs;
 pub mod throttle;
 
 pub use redact::redact_url;

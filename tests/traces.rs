@@ -670,7 +670,7 @@ async fn admin_credentials_never_leave_the_client() {
         .find(|l| l.contains("Run started.") && l.contains("log_id=501"))
         .expect("a line for the run's start");
     assert!(started.contains(&hex(&run.trace_id)), "{started}");
-    assert!(started.contains("handler=demoJobHandler"), "{started}");
+    assert!(started.contains("handler=\"demoJobHandler\""), "{started}");
     let finished = text
         .lines()
         .find(|l| l.contains("Run finished.") && l.contains("log_id=501"))

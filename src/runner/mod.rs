@@ -245,38 +245,20 @@ impl Runner {
     pub async fn submit(&self, t: Trigger) -> Result<(), Refusal> {
         let label = self.label(&t);
         let (job_id, log_id) = (t.job_id.0, t.log_id.0);
-        // The handler name as sent (bounded: it is the admin's text), not the metric label.
-        let handler = crate::telemetry::throttle::cut(t.bean_handler(), 100).to_string();
+        // The handler name as sent, not the metric label.
+        let handler = t.bean_handler().to_string();
         let res = self.submit_inner(t).await;
         let result = match &res {
             Ok(r) => *r,
             Err(e) => e.result,
         };
         self.inner.metrics.trigger(&label, result);
-        let trace_id = crate::telemetry::traces::trace_id(&tracing::Span::current());
-        let trace_id = trace_id.as_deref();
-        match &res {
-            Ok(_) => tracing::debug!(
-                job_id,
-                log_id,
-                handler,
-                trace_id,
-                result = result.as_str(),
-                "Trigger accepted."
-            ),
-            Err(e) => crate::telemetry::throttle::throttled!(
-                self.inner.metrics,
-                crate::telemetry::LogKind::TriggerRefused,
-                info,
-                job_id,
-                log_id,
-                handler,
-                trace_id,
-                result = result.as_str(),
-                msg = crate::telemetry::throttle::cut(&e.msg, 300),
-                "Trigger refused."
-            ),
-        }
+        crate::telemetry::runs::submitted(
+            &self.inner.metrics,
+            (job_id, log_id, &handler),
+            result,
+            res.as_ref().err().map(|e| e.msg.as_str()),
+        );
         res.map(|_| ())
     }
 
@@ -538,10 +520,9 @@ impl Runner {
         self.inner.store.outcome_written();
         match finished {
             Ok(true) => {
-                log_outcome(
+                crate::telemetry::runs::finished(
                     &self.inner.metrics,
-                    t,
-                    &label,
+                    (t.job_id.0, t.log_id.0, &label),
                     outcome,
                     kind,
                     ran,
@@ -670,82 +651,6 @@ fn store_refusal(e: StoreError) -> Refusal {
         e => Refusal::new(
             TriggerResult::StoreError,
             format!("the run journal could not be written, so the trigger was not accepted: {e}"),
-        ),
-    }
-}
-
-/// The executor's own line for a run's end: DEBUG for a success or a duplicate, INFO for a
-/// kill, WARN for a failure, a timeout or an interrupted run (those three rate-limited
-/// together, see [`crate::telemetry::throttle`]).
-fn log_outcome(
-    metrics: &crate::telemetry::Metrics,
-    t: &Trigger,
-    handler: &str,
-    outcome: &Outcome,
-    kind: OutcomeKind,
-    ran: Option<Duration>,
-    trace: Option<&str>,
-) {
-    use crate::telemetry::throttle::{cut, throttled};
-    use crate::telemetry::LogKind;
-    let (job_id, log_id) = (t.job_id.0, t.log_id.0);
-    let trace_id = trace.and_then(|r| r.split('-').next());
-    let duration_ms = ran.map(|d| d.as_millis() as u64);
-    let code = outcome.code;
-    let msg = cut(outcome.msg.as_deref().unwrap_or(""), 300);
-    let outcome = kind.as_str();
-    match kind {
-        OutcomeKind::Success | OutcomeKind::Duplicate => tracing::debug!(
-            job_id,
-            log_id,
-            handler,
-            trace_id,
-            outcome,
-            code,
-            duration_ms,
-            "Run finished."
-        ),
-        OutcomeKind::Killed => throttled!(
-            metrics,
-            LogKind::RunFailed,
-            info,
-            job_id,
-            log_id,
-            handler,
-            trace_id,
-            outcome,
-            code,
-            duration_ms,
-            msg,
-            "Run killed."
-        ),
-        OutcomeKind::Timeout => throttled!(
-            metrics,
-            LogKind::RunFailed,
-            warn,
-            job_id,
-            log_id,
-            handler,
-            trace_id,
-            outcome,
-            code,
-            duration_ms,
-            msg,
-            "Run timed out."
-        ),
-        _ => throttled!(
-            metrics,
-            LogKind::RunFailed,
-            warn,
-            job_id,
-            log_id,
-            handler,
-            trace_id,
-            outcome,
-            code,
-            duration_ms,
-            msg,
-            "Run failed."
         ),
     }
 }

@@ -415,13 +415,7 @@ impl Runner {
         if let Some(id) = &trace_id {
             log.trace_id(id);
         }
-        tracing::debug!(
-            job_id = t.job_id.0,
-            log_id = t.log_id.0,
-            handler = %label,
-            trace_id = trace_id.as_deref(),
-            "Run started."
-        );
+        crate::telemetry::runs::started((t.job_id.0, t.log_id.0, &label), trace_id.as_deref());
         log.start(t.params.as_deref());
         let started = Instant::now();
         let cancel = w.stop.child_token();
