@@ -825,7 +825,9 @@ pub mod traces {
         Ok(Guard(provider))
     }
 
-    /// The executor's log output: text, or JSON (one object per line).
+    /// The executor's log output: text, or JSON (one object per line) with the message and the
+    /// event's fields at the top level (`message`, not `fields.message`), as log shippers and
+    /// `jq .message` expect.
     pub fn log_layer<S, W>(
         json: bool,
         ansi: bool,
@@ -839,7 +841,7 @@ pub mod traces {
             .with_ansi(ansi)
             .with_writer(writer);
         if json {
-            fmt.json().boxed()
+            fmt.json().flatten_event(true).boxed()
         } else {
             fmt.boxed()
         }

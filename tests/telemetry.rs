@@ -187,6 +187,13 @@ async fn a_runs_life_is_in_the_executors_log() {
     admin.callback(101).await;
     for message in ["Trigger accepted.", "Run started.", "Run finished."] {
         let l = logs.wait_for(message, 101).await;
+        // As written, not only as read back: the message and fields are at the top level.
+        let raw = logs
+            .raw_lines()
+            .into_iter()
+            .find(|r| r["message"] == message && r["log_id"] == 101)
+            .unwrap_or_else(|| panic!("{message:?} is not at the top level: {l}"));
+        assert!(raw.get("fields").is_none(), "{raw}");
         assert_eq!(l["level"], "DEBUG", "{l}");
         assert_eq!(l["job_id"], 1, "{l}");
         assert_eq!(l["handler"], "demoJobHandler", "{l}");
