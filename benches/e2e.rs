@@ -147,14 +147,8 @@ min_free_bytes = 0
             .map_while(Result::ok)
         {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                // `message` is top-level in newer `--log-json` output, under `fields` before.
-                let msg = if v["message"].is_string() {
-                    &v["message"]
-                } else {
-                    &v["fields"]["message"]
-                };
-                if msg == "xxl-edge executor started." {
-                    let _ = tx.send(v["fields"]["listen"].as_str().unwrap_or("").to_string());
+                if v["message"] == "xxl-edge executor started." {
+                    let _ = tx.send(v["listen"].as_str().unwrap_or("").to_string());
                 }
             }
         }

@@ -75,6 +75,7 @@ pub struct ExecutorBuilder {
     config: Option<Config>,
     keys: Option<KeysConfig>,
     handlers: handler::Registry,
+    metrics: Option<Metrics>,
 }
 
 impl ExecutorBuilder {
@@ -91,6 +92,14 @@ impl ExecutorBuilder {
     #[must_use]
     pub fn keys(mut self, keys: KeysConfig) -> Self {
         self.keys = Some(keys);
+        self
+    }
+
+    /// Uses this metrics registry (default: a new one), e.g. the one the trace exporter already
+    /// counts its spans in.
+    #[must_use]
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -131,7 +140,26 @@ impl ExecutorBuilder {
             }
             handlers.insert(name.clone(), h);
         }
-        let metrics = Metrics::new()?;
+        let metrics = match self.metrics {
+            Some(m) => m,
+            None => Metrics::new()?,
+        };
+        {
+            let mut known = handlers.names();
+            known.extend(
+                config
+                    .glue_enabled
+                    .iter()
+                    .map(|k| k.wire_name().to_string()),
+            );
+            let admins: Vec<String> = config
+                .admin
+                .addresses
+                .iter()
+                .map(|a| crate::telemetry::redact_url(a))
+                .collect();
+            metrics.known(&known, &admins);
+        }
         crate::private_file::create_dir(&config.executor.data_dir)?;
         // Opening can wait seconds for the lock (a restart right after a crash): not on the
         // runtime's few worker threads.
@@ -344,7 +372,7 @@ impl Executor {
             limits: self.config.server.clone(),
             serve_metrics: self.config.telemetry.metrics_listen.is_none(),
             registration: registrar.status(),
-            admins: self.admin.addresses(),
+            admins: self.admin.shown_addresses(),
         });
 
         let reporter = tokio::spawn(
@@ -408,7 +436,7 @@ impl Executor {
             listen = %local,
             address = %address,
             app_name = %self.config.executor.app_name,
-            admins = ?self.admin.addresses(),
+            admins = ?self.admin.shown_addresses(),
             "xxl-edge executor started."
         );
         for note in self.config.notes() {

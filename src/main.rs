@@ -107,14 +107,27 @@ fn serve(a: ServeArgs) -> ExitCode {
         .clone()
         .map(|url| telemetry::traces::OtlpConfig {
             traces_url: url,
-            service_name: config.telemetry.service_name.clone(),
+            service_name: config
+                .telemetry
+                .service_name_set
+                .then(|| config.telemetry.service_name.clone()),
             sample_ratio: config.telemetry.trace_sample_ratio,
             timeout: Duration::from_secs(10),
+            details: config.telemetry.trace_details,
         });
+    // Created before the trace exporter, which counts its spans in it.
+    let metrics = match telemetry::Metrics::new() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("xxl-edge: metrics: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let _trace_guard = match telemetry::traces::init(
         &config.telemetry.log_level,
         config.telemetry.log_json,
         otlp.as_ref(),
+        &metrics,
     ) {
         Ok(g) => g,
         Err(e) => {
@@ -123,7 +136,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         }
     };
     if let Some(o) = &otlp {
-        tracing::info!(endpoint = %o.traces_url, service = %o.service_name, "Exporting traces over OTLP/HTTP.");
+        tracing::info!(endpoint = %telemetry::redact_url(&o.traces_url), service = ?o.service_name, "Exporting traces over OTLP/HTTP.");
     }
     raise_open_files(config.open_files_wanted());
     let threads = a
@@ -136,7 +149,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         let addr = std::net::SocketAddr::new(config.executor.listen, config.executor.port);
         // The admin's sample job calls `demoJobHandler`; answering it out of the box lets an
         // operator check the whole path from the admin. A configured handler of that name wins.
-        let mut builder = Executor::builder();
+        let mut builder = Executor::builder().metrics(metrics);
         if !config.handlers.contains_key(DEMO_HANDLER) {
             builder = builder.handler(DEMO_HANDLER, |ctx: xxl_edge::JobContext| async move {
                 ctx.log("XXL-JOB, Hello World.");

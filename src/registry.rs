@@ -62,7 +62,7 @@ impl Registrar {
 
     /// Registers at once, then every interval, until `stop`.
     pub async fn run(self, stop: CancellationToken) {
-        let addrs = self.admin.addresses();
+        let addrs = self.admin.shown_addresses();
         if addrs.is_empty() {
             tracing::warn!("No admin address configured; registration is skipped.");
             return;
@@ -107,7 +107,7 @@ impl Registrar {
 
     /// Sends `registryRemove` to every admin, each bounded by the client timeout.
     pub async fn deregister(&self) {
-        let addrs = self.admin.addresses();
+        let addrs = self.admin.shown_addresses();
         let calls = (0..addrs.len()).map(|i| {
             let admin = self.admin.clone();
             let p = self.param.clone();

@@ -240,12 +240,15 @@ impl Reporter {
             .map(|(_, e)| HandleCallbackParam::from(&e.callback))
             .collect();
         let n = batch.len() as u64;
-        // Sent in a batch: linked to each run it reports rather than parented by one.
+        // Sent in a batch: linked to each run it reports rather than parented by one. The
+        // count as an i64: the tracing bridge records unsigned values as text.
         let span = tracing::debug_span!(
             "callback.send",
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
-            xxl.callback.count = n,
+            otel.status_description = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            xxl.callback.count = batch.len() as i64,
         );
         for (_, e) in &batch {
             if let Some(r) = &e.trace {
@@ -253,8 +256,10 @@ impl Reporter {
             }
         }
         let res = tracing::Instrument::instrument(self.admin.callback(&params), span.clone()).await;
-        if res.is_err() {
+        if let Err(e) = &res {
             span.record("otel.status_code", "ERROR");
+            span.record("error.type", e.kind());
+            span.record("otel.status_description", e.to_string());
         }
         match res {
             Ok(_) => {

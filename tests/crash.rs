@@ -58,8 +58,8 @@ impl Proc {
                 if v.get("raw").is_some() || v["level"] == "ERROR" {
                     eprintln!("executor: {v}");
                 }
-                if v["fields"]["message"] == "xxl-edge executor started." {
-                    let addr = v["fields"]["listen"].as_str().unwrap().parse().unwrap();
+                if v["message"] == "xxl-edge executor started." {
+                    let addr = v["listen"].as_str().unwrap().parse().unwrap();
                     return (addr, rx);
                 }
             }

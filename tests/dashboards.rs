@@ -77,6 +77,7 @@ fn is_histogram(stem: &str) -> bool {
             | "xxl_edge_queue_wait_seconds"
             | "xxl_edge_admin_request_duration_seconds"
             | "xxl_edge_store_flush_duration_seconds"
+            | "xxl_edge_http_request_duration_seconds"
     )
 }
 
@@ -138,6 +139,7 @@ fn tokenizer_finds_series_and_maps_histograms() {
         "xxl_edge_queue_wait_seconds",
         "xxl_edge_admin_request_duration_seconds",
         "xxl_edge_store_flush_duration_seconds",
+        "xxl_edge_http_request_duration_seconds",
     ] {
         assert!(METRIC_NAMES.contains(&h), "{h} is no longer exported");
     }
@@ -205,6 +207,8 @@ fn alert_rules_name_only_exported_metrics() {
         "XxlEdgeHandlerFailureRatio",
         "XxlEdgeStoreNearBudget",
         "XxlEdgeInternalErrors",
+        "XxlEdgeSpansLost",
+        "XxlEdgeTokenRefused",
     ] {
         assert!(
             text.contains(&format!("alert: {alert}\n")),
@@ -219,6 +223,13 @@ fn alert_rules_name_only_exported_metrics() {
         tokens.contains("xxl_edge_internal_errors_total"),
         "{tokens:?}"
     );
+    // Lost spans and wrong tokens are alerted on.
+    for m in [
+        "xxl_edge_trace_spans_total",
+        "xxl_edge_http_token_refusals_total",
+    ] {
+        assert!(tokens.contains(m), "no alert uses {m}: {tokens:?}");
+    }
 }
 
 #[test]

@@ -308,7 +308,7 @@ async fn a_storage_fault_ends_in_a_restart_that_calls_back_every_accepted_run_on
     assert!(began.elapsed() < std::time::Duration::from_secs(2));
     ex.wait_line("the fault's log line", |v| {
         v["level"] == "ERROR"
-            && v["fields"]["message"]
+            && v["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("The store failed"))
     })

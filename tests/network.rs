@@ -148,7 +148,7 @@ async fn idle_connections_past_the_open_file_limit_do_not_keep_the_admin_out() {
     let ex = Child::start_after("ulimit -n 150", &cfg).await;
     assert_eq!(open_files_limits(ex.pid), (150, 150));
     ex.wait_line("the lowered cap", |v| {
-        v["fields"]["cap"] == 70 && v["level"] == "WARN"
+        v["cap"] == 70 && v["level"] == "WARN"
     })
     .await;
     let mut idle = Vec::new();

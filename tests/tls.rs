@@ -415,7 +415,7 @@ async fn a_broken_new_certificate_keeps_the_old_one() {
         })
         .await;
     assert!(
-        refused["fields"]["error"]
+        refused["error"]
             .as_str()
             .unwrap()
             .contains("certificate and key"),
@@ -427,7 +427,7 @@ async fn a_broken_new_certificate_keeps_the_old_one() {
     ex.signal(Signal::SIGHUP);
     ex.wait_line("the second refusal", |v| {
         message(v).starts_with("The TLS files on disk are refused")
-            && v["fields"]["error"]
+            && v["error"]
                 .as_str()
                 .is_some_and(|e| e.contains("CERTIFICATE"))
     })
@@ -469,13 +469,9 @@ async fn sighup_without_tls_is_logged_and_the_executor_serves_on() {
     assert!(ex.exited_within(GUARD).await.is_some_and(|s| s.success()));
 }
 
-/// A log line's message: top-level in `--log-json` output, under `fields` in older output.
+/// A log line's message (`--log-json` puts it at the top level).
 fn log_message(v: &Value) -> String {
-    v["message"]
-        .as_str()
-        .or_else(|| v["fields"]["message"].as_str())
-        .unwrap_or("")
-        .to_string()
+    v["message"].as_str().unwrap_or("").to_string()
 }
 
 /// A fake admin over TLS with a self-signed certificate: it records each handshake's outcome

@@ -17,8 +17,9 @@ use prost::Message;
 use serde_json::json;
 use support::*;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::Layer;
 use warp::Filter;
-use xxl_edge::telemetry::traces;
+use xxl_edge::telemetry::{traces, Metrics};
 
 #[derive(Clone, Default)]
 struct Receiver {
@@ -74,17 +75,78 @@ fn export_to(
 ) -> (
     opentelemetry_sdk::trace::SdkTracerProvider,
     tracing::subscriber::DefaultGuard,
+    Metrics,
 ) {
-    let provider = traces::provider(&traces::OtlpConfig {
-        traces_url: format!("http://{addr}/v1/traces"),
-        service_name: service.into(),
-        sample_ratio: 1.0,
-        timeout,
-    })
+    export_with(addr, Some(service), timeout, 1.0)
+}
+
+fn export_with(
+    addr: SocketAddr,
+    service: Option<&str>,
+    timeout: Duration,
+    sample_ratio: f64,
+) -> (
+    opentelemetry_sdk::trace::SdkTracerProvider,
+    tracing::subscriber::DefaultGuard,
+    Metrics,
+) {
+    let metrics = Metrics::new().unwrap();
+    let provider = traces::provider(
+        &traces::OtlpConfig {
+            traces_url: format!("http://{addr}/v1/traces"),
+            service_name: service.map(str::to_string),
+            sample_ratio,
+            timeout,
+            details: false,
+        },
+        &metrics,
+    )
     .unwrap();
-    let subscriber = tracing_subscriber::registry().with(traces::layer(&provider));
+    let subscriber = tracing_subscriber::registry().with(traces::layer(&provider, false));
     let guard = tracing::subscriber::set_default(subscriber);
-    (provider, guard)
+    (provider, guard, metrics)
+}
+
+/// An executor whose metrics registry is `metrics` (the one the exporter counts spans in).
+async fn setup_with(metrics: &Metrics) -> (FakeAdmin, TestExecutor, Probe, tempfile::TempDir) {
+    let admin = FakeAdmin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Probe::new();
+    let cfg = test_config(dir.path(), &admin.url(), "");
+    let ex = TestExecutor::start(sample_handlers(
+        xxl_edge::Executor::builder()
+            .metrics(metrics.clone())
+            .config(cfg),
+        &probe,
+    ))
+    .await;
+    (admin, ex, probe, dir)
+}
+
+fn spans_counted(m: &Metrics, result: &str) -> u64 {
+    m.trace_spans.with_label_values(&[result]).get()
+}
+
+fn flush(
+    provider: &opentelemetry_sdk::trace::SdkTracerProvider,
+) -> impl std::future::Future<Output = ()> {
+    let p = provider.clone();
+    async move {
+        tokio::task::spawn_blocking(move || {
+            let _ = p.force_flush();
+        })
+        .await
+        .unwrap();
+    }
+}
+
+/// The value of an attribute with its OTLP type.
+fn typed(s: &Span, key: &str) -> Option<AnyV> {
+    s.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.clone())
 }
 
 fn hex(b: &[u8]) -> String {
@@ -94,9 +156,9 @@ fn hex(b: &[u8]) -> String {
 #[tokio::test]
 async fn one_trace_per_trigger_with_linked_callback() {
     let (rx, addr) = receiver().await;
-    let (provider, _guard) = export_to(addr, "xxl-edge-test", Duration::from_secs(5));
+    let (provider, _guard, metrics) = export_to(addr, "xxl-edge-test", Duration::from_secs(5));
 
-    let (admin, ex, _probe, _dir) = setup("").await;
+    let (admin, ex, _probe, _dir) = setup_with(&metrics).await;
     admin.registrations(1).await;
     assert_eq!(
         ex.run(
@@ -112,11 +174,27 @@ async fn one_trace_per_trigger_with_linked_callback() {
     let log = ex.log_contains(4201, "callback finish.").await;
     assert_eq!(ex.run(43, "nope", 4301, json!({})).await["code"], 500);
 
-    let p = provider.clone();
-    tokio::task::spawn_blocking(move || p.force_flush().unwrap())
-        .await
-        .unwrap();
+    flush(&provider).await;
     let spans = rx.spans.lock().unwrap().clone();
+    // Every span that arrived is counted as exported; none lost.
+    assert_eq!(spans_counted(&metrics, "exported"), spans.len() as u64);
+    assert_eq!(spans_counted(&metrics, "failed"), 0);
+    assert_eq!(spans_counted(&metrics, "dropped"), 0);
+    // The tracing bridge's extras are not sent unless asked for.
+    for s in &spans {
+        for kv in &s.attributes {
+            assert!(
+                !(kv.key.starts_with("code.")
+                    || kv.key.starts_with("thread.")
+                    || kv.key == "busy_ns"
+                    || kv.key == "idle_ns"
+                    || kv.key == "target"),
+                "{} carries {}",
+                s.name,
+                kv.key
+            );
+        }
+    }
     let by_name = |n: &str| -> Vec<&Span> { spans.iter().filter(|s| s.name == n).collect() };
 
     let req = by_name("POST /run")
@@ -164,6 +242,16 @@ async fn one_trace_per_trigger_with_linked_callback() {
     let a = attrs(&call.attributes);
     assert_eq!(a["xxl.admin.call"], "callback");
     assert_eq!(a["http.response.status_code"], "200");
+    // The conventions' types: integers, on every span.
+    assert_eq!(
+        typed(call, "http.response.status_code"),
+        Some(AnyV::IntValue(200))
+    );
+    assert_eq!(
+        typed(req, "http.response.status_code"),
+        Some(AnyV::IntValue(200))
+    );
+    assert!(matches!(typed(cb, "xxl.callback.count"), Some(AnyV::IntValue(n)) if n >= 1));
     assert!(a["url.full"].ends_with("/xxl-job-admin/api/callback"));
     assert!(!by_name("registry.beat").is_empty());
 
@@ -173,6 +261,11 @@ async fn one_trace_per_trigger_with_linked_callback() {
         .find(|s| attrs(&s.attributes)["xxl.job.log_id"] == "4301")
         .unwrap();
     assert_eq!(refused.status.as_ref().unwrap().code, 2);
+    assert_eq!(
+        refused.status.as_ref().unwrap().message,
+        "job handler [nope] not found."
+    );
+    assert_eq!(attrs(&refused.attributes)["error.type"], "unknown_handler");
     assert_eq!(
         attrs(&refused.attributes)["xxl.trigger.msg"],
         "job handler [nope] not found."
@@ -197,9 +290,392 @@ async fn a_dead_collector_does_not_touch_job_execution() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let (provider, _guard) = export_to(closed, "x", Duration::from_secs(1));
-    let (admin, ex, _probe, _dir) = setup("").await;
+    let (provider, _guard, metrics) = export_to(closed, "x", Duration::from_secs(1));
+    let (admin, ex, _probe, _dir) = setup_with(&metrics).await;
     run_demo_and_await_callbacks(&admin, &ex, 20).await;
+    ex.shutdown().await;
+    let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    // The lost spans are counted, none as exported.
+    assert!(
+        spans_counted(&metrics, "failed") >= 20 * 3,
+        "{}",
+        metrics.render()
+    );
+    assert_eq!(spans_counted(&metrics, "exported"), 0);
+}
+
+/// Accepts connections and never answers: every export waits for its timeout.
+fn silent_collector() -> (SocketAddr, std::sync::mpsc::Sender<()>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        l.set_nonblocking(true).unwrap();
+        // Bounded: until the test ends (its sender is dropped) or 60 s.
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < until {
+            if let Ok((c, _)) = l.accept() {
+                held.push(c);
+            }
+            match stop_rx.recv_timeout(Duration::from_millis(20)) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+        }
+    });
+    (addr, stop_tx)
+}
+
+/// A collector that takes connections and never answers: exports fail at their timeout, the
+/// spans ended meanwhile beyond the queue are dropped, and every span is counted once as
+/// exported, failed or dropped.
+#[test]
+fn spans_lost_to_a_silent_collector_are_counted() {
+    let (addr, _stop) = silent_collector();
+    // The exporter logs from the SDK's own thread, which sees only the global subscriber. This
+    // is the only test of this binary that sets one; lines of other tests' exporters are told
+    // apart by their endpoint.
+    let logs = Captured::default();
+    let writer = logs.clone();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(
+            traces::log_layer(false, false, move || writer.clone()).with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("xxl_edge", tracing_subscriber::filter::LevelFilter::DEBUG),
+            ),
+        ),
+    )
+    .unwrap();
+    let metrics = Metrics::new().unwrap();
+    let provider = traces::provider(
+        &traces::OtlpConfig {
+            traces_url: format!("http://{addr}/v1/traces"),
+            service_name: None,
+            sample_ratio: 1.0,
+            timeout: Duration::from_millis(200),
+            details: false,
+        },
+        &metrics,
+    )
+    .unwrap();
+    let subscriber = tracing_subscriber::registry().with(traces::layer(&provider, false));
+    let total = traces::MAX_QUEUE as u64 + 1000;
+    tracing::subscriber::with_default(subscriber, || {
+        for i in 0..total {
+            // The exporter's filter takes xxl-edge's own targets only.
+            let _s = tracing::debug_span!(target: "xxl_edge::test", "burst", i).entered();
+        }
+    });
+    let _ = provider.shutdown();
+    let (exported, failed, dropped) = (
+        spans_counted(&metrics, "exported"),
+        spans_counted(&metrics, "failed"),
+        spans_counted(&metrics, "dropped"),
+    );
+    assert_eq!(exported, 0);
+    // About 1000: fewer when an export fails (and frees its batch) while the spans end.
+    assert!(dropped > 0, "dropped {dropped}");
+    assert!(failed >= 1, "failed {failed}");
+    assert_eq!(
+        exported + failed + dropped,
+        total,
+        "{exported} + {failed} + {dropped}"
+    );
+    // Every failed batch is logged, one a minute at WARN, the others at DEBUG.
+    let text = logs.text();
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Cannot export spans") && l.contains(&addr.to_string()))
+        .collect();
+    assert!(ours.len() >= 2, "{text}");
+    let warned: Vec<&&str> = ours.iter().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warned.len(), 1, "{ours:?}");
+    assert!(warned[0].contains("held_back=0"), "{}", warned[0]);
+}
+
+/// A failing run's span says why (status message, `error.type`), a failed admin call too;
+/// an unsampled run prints no trace id into its log.
+#[tokio::test]
+async fn error_spans_carry_their_reason() {
+    let (rx, addr) = receiver().await;
+    let (provider, _guard, metrics) = export_to(addr, "t", Duration::from_secs(5));
+    let (admin, ex, _probe, _dir) = setup_with(&metrics).await;
+    admin.registrations(1).await;
+    assert_eq!(
+        ex.run(
+            7,
+            "failJobHandler",
+            701,
+            json!({"executorParams": "disk on fire"})
+        )
+        .await,
+        ok()
+    );
+    admin.callback(701).await;
+    admin.set_mode(AdminMode::Http503);
+    assert_eq!(ex.run(8, "demoJobHandler", 801, json!({})).await, ok());
+    // Written once the admin call (and its span) has ended.
+    ex.log_contains(801, "callback error").await;
+    flush(&provider).await;
+    let spans = rx.spans.lock().unwrap().clone();
+    let run = spans
+        .iter()
+        .find(|s| s.name == "job.run" && attrs(&s.attributes)["xxl.job.log_id"] == "701")
+        .expect("the failed run's span");
+    let st = run.status.as_ref().unwrap();
+    assert_eq!(st.code, 2);
+    assert_eq!(st.message, "disk on fire");
+    assert_eq!(attrs(&run.attributes)["error.type"], "failed");
+    let call = spans
+        .iter()
+        .find(|s| s.name == "admin.call" && s.status.as_ref().is_some_and(|st| st.code == 2))
+        .expect("a failed admin call");
+    let a = attrs(&call.attributes);
+    assert_eq!(a["error.type"], "503");
+    assert_eq!(
+        typed(call, "http.response.status_code"),
+        Some(AnyV::IntValue(503))
+    );
+    assert!(
+        call.status
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("statusCode(503)"),
+        "{:?}",
+        call.status
+    );
+    ex.shutdown().await;
+    let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+}
+
+#[tokio::test]
+async fn an_unsampled_run_prints_no_trace_id() {
+    let (rx, addr) = receiver().await;
+    let (provider, _guard, metrics) = export_with(addr, Some("t"), Duration::from_secs(5), 0.0);
+    let (admin, ex, _probe, _dir) = setup_with(&metrics).await;
+    assert_eq!(ex.run(9, "demoJobHandler", 901, json!({})).await, ok());
+    admin.callback(901).await;
+    let log = ex.log_contains(901, "callback finish.").await;
+    assert!(!log.contains("trace_id="), "{log}");
+    flush(&provider).await;
+    assert!(rx.spans.lock().unwrap().is_empty());
+    ex.shutdown().await;
+    let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+}
+
+/// `service.name` given only in `OTEL_RESOURCE_ATTRIBUTES` is the one exported; a configured
+/// one still wins. The real binary as a child process, so the variable is set for it alone.
+#[tokio::test]
+async fn service_name_from_otel_resource_attributes() {
+    let admin = FakeAdmin::start().await;
+    for (configured, want) in [
+        ("", "from-env"),
+        ("service_name = \"configured\"", "configured"),
+    ] {
+        let (rx, addr) = receiver().await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("xxl-edge.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[admin]
+addresses = ["{}"]
+access_token = "default_token"
+[executor]
+app_name = "xxl-job-executor-sample"
+ip = "127.0.0.1"
+listen = "127.0.0.1"
+port = 0
+data_dir = "{}"
+[store]
+min_free_bytes = 0
+[telemetry]
+otlp_traces_endpoint = "http://{addr}/v1/traces"
+{configured}
+"#,
+                admin.url(),
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=from-env,deployment.environment=test",
+            )
+            .env_remove("OTEL_SERVICE_NAME")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The registration beat's span is exported within the batch delay (2 s).
+        let mut res = None;
+        for _ in 0..1000 {
+            if let Some(r) = rx.resources.lock().unwrap().first().cloned() {
+                res = Some(r);
+                break;
+            }
+            // Polling a condition: the export happens in another process.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        let res = res.expect("the child exported spans");
+        assert_eq!(res["service.name"], want, "{res:?}");
+        assert_eq!(res["deployment.environment"], "test");
+        assert!(status.success(), "{status}");
+    }
+}
+
+/// What the executor's log layer writes, for the test to read.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Waits (bounded) until the log holds `needle`.
+    async fn wait_for(&self, needle: &str) -> String {
+        for _ in 0..1000 {
+            let t = self.text();
+            if t.contains(needle) {
+                return t;
+            }
+            // Polling a condition: the line is written by a task the test cannot await.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no {needle:?} in the log:\n{}", self.text());
+    }
+}
+
+/// An admin URL with credentials is shown without them on `/metrics`, in spans and in log
+/// lines (a live admin and a dead one, so that errors are logged too); the run's log lines
+/// carry the trace id of its exported trace.
+#[tokio::test]
+async fn admin_credentials_never_leave_the_client() {
+    const SECRET: &str = "s3cret";
+    let (rx, addr) = receiver().await;
+    let metrics = Metrics::new().unwrap();
+    let provider = traces::provider(
+        &traces::OtlpConfig {
+            traces_url: format!("http://{addr}/v1/traces"),
+            service_name: Some("t".into()),
+            sample_ratio: 1.0,
+            timeout: Duration::from_secs(5),
+            details: false,
+        },
+        &metrics,
+    )
+    .unwrap();
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::registry()
+        .with(traces::layer(&provider, false))
+        .with(
+            traces::log_layer(false, false, move || writer.clone())
+                .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG),
+        );
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let admin = FakeAdmin::start().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let live_url = format!("http://user:{SECRET}@{}/xxl-job-admin", admin.addr);
+    let dead_url = format!("http://other:{SECRET}@{dead}/xxl-job-admin");
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Probe::new();
+    // Two admins: `test_config` quotes the string into `addresses = ["..."]`.
+    let cfg = test_config(dir.path(), &format!("{live_url}\", \"{dead_url}"), "");
+    assert_eq!(cfg.admin.addresses.len(), 2);
+    let ex = TestExecutor::start(sample_handlers(
+        xxl_edge::Executor::builder()
+            .metrics(metrics.clone())
+            .config(cfg),
+        &probe,
+    ))
+    .await;
+    admin.registrations(1).await;
+    logs.wait_for("Registration failed").await;
+    assert_eq!(ex.run(5, "demoJobHandler", 501, json!({})).await, ok());
+    admin.callback(501).await;
+    ex.log_contains(501, "callback finish.").await;
+    let scraped = ex.metrics_text().await;
+    flush(&provider).await;
+
+    assert!(!scraped.contains(SECRET), "{scraped}");
+    assert!(
+        scraped.contains(&format!(
+            "admin=\"http://REDACTED:REDACTED@{}/xxl-job-admin\"",
+            admin.addr
+        )),
+        "{scraped}"
+    );
+    let text = logs.text();
+    assert!(!text.contains(SECRET), "{text}");
+    assert!(text.contains("REDACTED:REDACTED@"), "{text}");
+    let spans = rx.spans.lock().unwrap().clone();
+    let calls: Vec<&Span> = spans.iter().filter(|s| s.name == "admin.call").collect();
+    assert!(calls.len() >= 3, "registry x2 and callback");
+    for s in &spans {
+        let a = attrs(&s.attributes);
+        for (k, v) in &a {
+            assert!(!v.contains(SECRET), "{}: {k}={v}", s.name);
+        }
+        let msg = s
+            .status
+            .as_ref()
+            .map(|st| st.message.clone())
+            .unwrap_or_default();
+        assert!(!msg.contains(SECRET), "{}: {msg}", s.name);
+    }
+    assert!(calls
+        .iter()
+        .all(|c| attrs(&c.attributes)["url.full"].starts_with("http://REDACTED:REDACTED@")));
+    // A failed call to the dead admin says why, without the password.
+    assert!(calls.iter().any(|c| attrs(&c.attributes)
+        .get("error.type")
+        .is_some_and(|e| e == "unreachable")));
+
+    // The run's lines lead to its trace.
+    let run = spans
+        .iter()
+        .find(|s| s.name == "job.run" && attrs(&s.attributes)["xxl.job.log_id"] == "501")
+        .unwrap();
+    let started = text
+        .lines()
+        .find(|l| l.contains("Run started.") && l.contains("log_id=501"))
+        .expect("a line for the run's start");
+    assert!(started.contains(&hex(&run.trace_id)), "{started}");
+    assert!(started.contains("handler=\"demoJobHandler\""), "{started}");
+    let finished = text
+        .lines()
+        .find(|l| l.contains("Run finished.") && l.contains("log_id=501"))
+        .expect("a line for the run's end");
+    assert!(finished.contains(&hex(&run.trace_id)), "{finished}");
     ex.shutdown().await;
     let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
 }

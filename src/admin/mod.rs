@@ -56,6 +56,20 @@ pub enum AdminError {
     NoAdmin,
 }
 
+/// Every `result` label value of `xxl_edge_admin_requests_total`: `ok` and each
+/// [`AdminError::kind`], for the series created at start.
+pub const ADMIN_RESULTS: &[&str] = &[
+    "ok",
+    "unreachable",
+    "http_error",
+    "redirect",
+    "rejected",
+    "invalid_reply",
+    "no_admin",
+    "tls_verify_failed",
+    "tls_setup",
+];
+
 impl AdminError {
     /// A bounded label value.
     pub fn kind(&self) -> &'static str {
@@ -76,6 +90,8 @@ impl AdminError {
 #[derive(Debug)]
 struct Admin {
     configured: String,
+    /// `configured` without its credentials: for labels, spans and logs.
+    shown: String,
     resolved: Mutex<String>,
 }
 
@@ -134,6 +150,7 @@ impl AdminClient {
                     .iter()
                     .map(|a| Admin {
                         configured: a.clone(),
+                        shown: crate::telemetry::redact_url(a),
                         resolved: Mutex::new(a.clone()),
                     })
                     .collect(),
@@ -147,6 +164,12 @@ impl AdminClient {
     /// The configured admin addresses, in order.
     pub fn addresses(&self) -> Vec<String> {
         self.admins.iter().map(|a| a.configured.clone()).collect()
+    }
+
+    /// The configured admin addresses without credentials (userinfo, query values), for
+    /// labels and logs.
+    pub fn shown_addresses(&self) -> Vec<String> {
+        self.admins.iter().map(|a| a.shown.clone()).collect()
     }
 
     /// Registers with admin `i`.
@@ -179,8 +202,8 @@ impl AdminClient {
                         .swap(i, std::sync::atomic::Ordering::Relaxed);
                     if before != i {
                         tracing::warn!(
-                            from = %self.admins[before.min(self.admins.len() - 1)].configured,
-                            to = %self.admins[i].configured,
+                            from = %self.admins[before.min(self.admins.len() - 1)].shown,
+                            to = %self.admins[i].shown,
                             "Admin failover: callbacks now go to another admin."
                         );
                     }
@@ -216,7 +239,7 @@ impl AdminClient {
             let alt_res = self.post(&alt, call, body).await;
             if admin_answered(&alt_res) {
                 if let Ok(mut r) = admin.resolved.lock() {
-                    tracing::info!(configured = %admin.configured, using = %alt, "Admin answers under another context path; using it.");
+                    tracing::info!(configured = %admin.shown, using = %crate::telemetry::redact_url(&alt), "Admin answers under another context path; using it.");
                     *r = alt;
                 }
                 res = alt_res;
@@ -235,11 +258,11 @@ impl AdminClient {
         };
         self.metrics
             .admin_requests
-            .with_label_values(&[&admin.configured, call, result])
+            .with_label_values(&[&admin.shown, call, result])
             .inc();
         self.metrics
             .admin_latency
-            .with_label_values(&[&admin.configured, call])
+            .with_label_values(&[&admin.shown, call])
             .observe(started.elapsed().as_secs_f64());
         res
     }
@@ -256,20 +279,29 @@ impl AdminClient {
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
             http.request.method = "POST",
-            url.full = url.as_str(),
+            url.full = crate::telemetry::redact_url(&url),
             xxl.admin.call = call,
             http.response.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            error.type = tracing::field::Empty,
         );
         let res = tracing::Instrument::instrument(self.post_url(&url, body), span.clone()).await;
         match &res {
+            // As integers (the conventions' type): the bridge records unsigned values as text.
             Ok(status) => {
-                span.record("http.response.status_code", status);
+                span.record("http.response.status_code", i64::from(*status));
             }
             Err(e) => {
-                if let AdminError::Status(code, _) = e {
-                    span.record("http.response.status_code", code);
-                }
                 span.record("otel.status_code", "ERROR");
+                // The conventions' `error.type`: the status code when the admin answered with
+                // one, else what went wrong (bounded).
+                if let AdminError::Status(code, _) = e {
+                    span.record("http.response.status_code", i64::from(*code));
+                    span.record("error.type", code.to_string());
+                } else {
+                    span.record("error.type", e.kind());
+                }
+                span.record("otel.status_description", e.to_string());
             }
         }
         res.map(|_| ())
@@ -280,18 +312,20 @@ impl AdminClient {
         url: &str,
         body: &T,
     ) -> Result<u16, AdminError> {
-        let url = url.to_string();
+        // Errors are logged, written into run logs and put on spans: they name the URL
+        // without its credentials.
+        let shown = crate::telemetry::redact_url(url);
         let json = serde_json::to_vec(body)
-            .map_err(|e| AdminError::Invalid(url.clone(), e.to_string()))?;
+            .map_err(|e| AdminError::Invalid(shown.clone(), e.to_string()))?;
         let resp = self
             .http
-            .post(&url)
+            .post(url)
             .header("Content-Type", "application/json;charset=UTF-8")
             .header(TOKEN_HEADER, self.token.expose())
             .body(json)
             .send()
             .await
-            .map_err(|e| transport_error(&e, &url))?;
+            .map_err(|e| transport_error(&e, url, &shown))?;
         let status = resp.status().as_u16();
         if resp.status().is_redirection() {
             let location = resp
@@ -302,15 +336,15 @@ impl AdminClient {
                 .chars()
                 .take(200)
                 .collect();
-            return Err(AdminError::Redirect(status, url, location));
+            return Err(AdminError::Redirect(status, shown, location));
         }
         if status != 200 {
-            return Err(AdminError::Status(status, url));
+            return Err(AdminError::Status(status, shown));
         }
-        let body = read_capped(resp, &url).await?;
+        let body = read_capped(resp, url).await?;
         let reply: AdminReply = serde_json::from_slice(&body).map_err(|_| {
             AdminError::Invalid(
-                url.clone(),
+                shown.clone(),
                 String::from_utf8_lossy(&body).chars().take(200).collect(),
             )
         })?;
@@ -327,9 +361,10 @@ impl AdminClient {
 
 /// The answer's body, refused once it passes [`MAX_ANSWER_BYTES`] (announced or read).
 async fn read_capped(mut resp: reqwest::Response, url: &str) -> Result<Vec<u8>, AdminError> {
+    let shown = crate::telemetry::redact_url(url);
     let too_large = || {
         AdminError::Invalid(
-            url.to_string(),
+            shown.clone(),
             format!("the answer is larger than {} KiB", MAX_ANSWER_BYTES / 1024),
         )
     };
@@ -340,11 +375,12 @@ async fn read_capped(mut resp: reqwest::Response, url: &str) -> Result<Vec<u8>, 
         return Err(too_large());
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| AdminError::Transport(error_chain(&e), url.to_string()))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| {
+        AdminError::Transport(
+            crate::telemetry::redact::redact_in(&error_chain(&e), url),
+            shown.clone(),
+        )
+    })? {
         if body.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(too_large());
         }
@@ -393,10 +429,18 @@ fn tls_settings(
 
 /// A failed send: a certificate that failed verification (ours of the admin's, or the admin's
 /// of ours) is told apart from an unreachable admin, since the fix is a CA file, not the network.
-fn transport_error(e: &reqwest::Error, url: &str) -> AdminError {
+/// `url` is the real one (its credentials are taken out of the error text), `shown` the
+/// redacted one the error names.
+fn transport_error(e: &reqwest::Error, url: &str, shown: &str) -> AdminError {
     match tls_verify_failure(e) {
-        Some(why) => AdminError::TlsVerify(why, url.to_string()),
-        None => AdminError::Transport(error_chain(e), url.to_string()),
+        Some(why) => AdminError::TlsVerify(
+            crate::telemetry::redact::redact_in(&why, url),
+            shown.to_string(),
+        ),
+        None => AdminError::Transport(
+            crate::telemetry::redact::redact_in(&error_chain(e), url),
+            shown.to_string(),
+        ),
     }
 }
 

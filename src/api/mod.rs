@@ -176,7 +176,11 @@ pub fn routes(
                     content_length,
                     peer: peer.map(|p| p.0.ip()),
                 };
-                match dispatch(&s, req, body, &budget).await {
+                let started = std::time::Instant::now();
+                let route = crate::telemetry::http_route(&target);
+                let res = dispatch(&s, req, body, &budget).await;
+                observe(&s.metrics, route, &res, started.elapsed());
+                match res {
                     Ok(r) => r,
                     Err(e) => e.into_response(),
                 }
@@ -255,6 +259,55 @@ fn metrics_response(s: &ApiState) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
+}
+
+/// Counts a request (`xxl_edge_http_requests_total`, its latency, refused tokens) and logs
+/// refusals a peer can repeat at will, rate-limited.
+fn observe(
+    m: &Metrics,
+    route: &'static str,
+    res: &Result<Response, ApiError>,
+    took: std::time::Duration,
+) {
+    let code = if res.is_ok() { "200" } else { "500" };
+    m.http_requests.with_label_values(&[route, code]).inc();
+    m.http_latency
+        .with_label_values(&[route])
+        .observe(took.as_secs_f64());
+    match res {
+        Err(ApiError::Token) => {
+            m.token_refusals.inc();
+            crate::telemetry::throttle::throttled!(
+                m,
+                crate::telemetry::LogKind::TokenRefused,
+                warn,
+                route,
+                "Refused a request with a missing or wrong access token (xxl_edge_http_token_refusals_total)."
+            );
+        }
+        Err(
+            e @ (ApiError::Method
+            | ApiError::NotFound(_)
+            | ApiError::TooLarge(_)
+            | ApiError::BodyTimeout(_)
+            | ApiError::Malformed(_)
+            | ApiError::Invalid(_)),
+        ) => {
+            // The peer's text (an unknown target) is cut: it can be of any length.
+            let error = e.to_string();
+            let error = crate::telemetry::throttle::cut(&error, 200);
+            crate::telemetry::throttle::throttled!(
+                m,
+                crate::telemetry::LogKind::BadRequest,
+                info,
+                route,
+                error,
+                "Refused a malformed request."
+            );
+        }
+        // Refused triggers are logged by the runner, with the run's fields.
+        Ok(_) | Err(ApiError::Refused(_)) => {}
+    }
 }
 
 fn token_ok(expected: &str, got: Option<&str>) -> bool {
@@ -426,6 +479,8 @@ where
                 "POST /run",
                 otel.kind = "server",
                 otel.status_code = tracing::field::Empty,
+                otel.status_description = tracing::field::Empty,
+                error.type = tracing::field::Empty,
                 http.request.method = "POST",
                 http.route = route,
                 http.response.status_code = 200,
@@ -442,6 +497,8 @@ where
                 Ok(()) => span.record("xxl.trigger.code", 200),
                 Err(r) => {
                     span.record("otel.status_code", "ERROR");
+                    span.record("error.type", r.result.as_str());
+                    span.record("otel.status_description", r.msg.as_str());
                     span.record("xxl.trigger.msg", r.msg.as_str());
                     span.record("xxl.trigger.code", 500)
                 }

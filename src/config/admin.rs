@@ -89,11 +89,19 @@ impl Raw {
             if !ok || a.contains(',') || a.contains(char::is_whitespace) {
                 c.problem(
                     "admin.addresses",
-                    format!("\"{a}\" is not an http:// or https:// URL"),
+                    format!(
+                        "\"{}\" is not an http:// or https:// URL",
+                        crate::telemetry::redact_url(a)
+                    ),
                 );
             }
         }
-        c.show("admin.addresses", format!("{addresses:?}"));
+        // Credentials in an address are for the HTTP client only, never for output.
+        let shown: Vec<String> = addresses
+            .iter()
+            .map(|a| crate::telemetry::redact_url(a))
+            .collect();
+        c.show("admin.addresses", format!("{shown:?}"));
         let access_token = self.access_token.unwrap_or_default();
         if let Err(problem) = token_problem(access_token.expose()) {
             c.problem("admin.access_token", problem);

@@ -662,6 +662,33 @@ mod tests {
     }
 
     #[test]
+    fn admin_credentials_are_never_printed() {
+        let c = Config::load(
+            None,
+            &env(&[(
+                "XXL_JOB_ADMIN_ADDRESSES",
+                "http://ops:s3cr3t@a:1/xxl-job-admin",
+            )]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let shown: String = c.summary().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("a:1/xxl-job-admin"), "{shown}");
+        let e = Config::load(
+            None,
+            &env(&[("XXL_JOB_ADMIN_ADDRESSES", "http://ops:s3cr3t@a:1/x y")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("admin.addresses") && !e.contains("s3cr3t"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_token_is_never_printed() {
         let token = "s3cr3t-token-value";
         let c = Config::load(

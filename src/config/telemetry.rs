@@ -43,6 +43,8 @@ pub(super) struct Raw {
     otlp_traces_endpoint: Option<String>,
     service_name: Option<String>,
     trace_sample_ratio: Option<f64>,
+    /// Export the tracing bridge's extras (`code.*`, `thread.*`, `busy_ns`, `idle_ns`).
+    trace_details: Option<bool>,
 }
 
 /// Telemetry settings.
@@ -58,6 +60,11 @@ pub struct TelemetryConfig {
     pub otlp_traces_url: Option<String>,
     /// `service.name` of the traces.
     pub service_name: String,
+    /// `service_name` was given (file or `OTEL_SERVICE_NAME`); otherwise a `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES` is used before the default.
+    pub service_name_set: bool,
+    /// Spans carry the tracing bridge's extras: source location, thread, busy and idle time.
+    pub trace_details: bool,
     /// Share of traces kept (parent-based ratio sampler).
     pub trace_sample_ratio: f64,
 }
@@ -159,10 +166,9 @@ impl Raw {
         let otlp_traces_url =
             traces.or_else(|| base.map(|b| format!("{}/v1/traces", b.trim_end_matches('/'))));
 
-        let service_name = self
-            .service_name
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| "xxl-edge".to_string());
+        let given_name = self.service_name.filter(|s| !s.trim().is_empty());
+        let service_name_set = given_name.is_some();
+        let service_name = given_name.unwrap_or_else(|| "xxl-edge".to_string());
         c.show("telemetry.service_name", &service_name);
 
         let trace_sample_ratio = self.trace_sample_ratio.unwrap_or(1.0);
@@ -175,7 +181,12 @@ impl Raw {
             );
         }
 
+        let trace_details = self.trace_details.unwrap_or(false);
+        c.show("telemetry.trace_details", trace_details);
+
         TelemetryConfig {
+            service_name_set,
+            trace_details,
             metrics_listen,
             log_level,
             log_json,

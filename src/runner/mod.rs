@@ -250,12 +250,21 @@ impl Runner {
     /// A [`Refusal`]: nothing was queued, nothing will run and no callback will follow.
     pub async fn submit(&self, t: Trigger) -> Result<(), Refusal> {
         let label = self.label(&t);
+        let (job_id, log_id) = (t.job_id.0, t.log_id.0);
+        // The handler name as sent, not the metric label.
+        let handler = t.bean_handler().to_string();
         let res = self.submit_inner(t).await;
         let result = match &res {
             Ok(r) => *r,
             Err(e) => e.result,
         };
         self.inner.metrics.trigger(&label, result);
+        crate::telemetry::runs::submitted(
+            &self.inner.metrics,
+            (job_id, log_id, &handler),
+            result,
+            res.as_ref().err().map(|e| e.msg.as_str()),
+        );
         res.map(|_| ())
     }
 
@@ -510,7 +519,7 @@ impl Runner {
         let label = self.label(t);
         let trace = crate::telemetry::traces::span_ref(&tracing::Span::current());
         self.inner.store.outcome_begins();
-        let finished = self.inner.store.finish(t, outcome, kind, trace);
+        let finished = self.inner.store.finish(t, outcome, kind, trace.clone());
         // Flushed soon, not waited for: the reporter waits for this same flush before it
         // sends the callback, the log flusher within `store.log_flush_ms` if no callback can
         // go out, and a crash before then reports the run as interrupted, never as run twice.
@@ -520,6 +529,14 @@ impl Runner {
         }
         match finished {
             Ok(true) => {
+                crate::telemetry::runs::finished(
+                    &self.inner.metrics,
+                    (t.job_id.0, t.log_id.0, &label),
+                    outcome,
+                    kind,
+                    ran,
+                    trace.as_deref(),
+                );
                 self.inner
                     .metrics
                     .runs

@@ -285,6 +285,8 @@ impl Runner {
             "job.run",
             otel.kind = "internal",
             otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            error.type = tracing::field::Empty,
             xxl.job.id = trigger.job_id.0,
             xxl.job.log_id = trigger.log_id.0,
             xxl.job.handler = trigger.bean_handler(),
@@ -405,10 +407,13 @@ impl Runner {
             return;
         }
         inner.metrics.executing.inc();
-        // The trace id first, so the admin's log view leads to the trace.
-        if let Some(r) = crate::telemetry::traces::span_ref(&span) {
-            log.trace_id(r.split('-').next().unwrap_or(""));
+        // The trace id first, so the admin's log view leads to the trace (only when the trace
+        // is exported: an unsampled one would be a dead link).
+        let trace_id = crate::telemetry::traces::trace_id(&span);
+        if let Some(id) = &trace_id {
+            log.trace_id(id);
         }
+        crate::telemetry::runs::started((t.job_id.0, t.log_id.0, &label), trace_id.as_deref());
         log.start(t.params.as_deref());
         let started = Instant::now();
         let cancel = w.stop.child_token();
@@ -476,6 +481,13 @@ impl Runner {
         span.record("xxl.job.outcome", kind.as_str());
         if !outcome.is_success() {
             span.record("otel.status_code", "ERROR");
+            span.record("error.type", kind.as_str());
+            // The run's message is the reason; recorded last, it also makes the status ERROR.
+            let why = outcome.msg.as_deref().unwrap_or(kind.as_str());
+            span.record(
+                "otel.status_description",
+                crate::telemetry::throttle::cut(why, 1024),
+            );
         }
         self.record(&t, &outcome, kind, Some(started.elapsed()));
     }

@@ -84,14 +84,10 @@ impl Child {
         };
         let started = me
             .wait_line("the executor's start", |v| {
-                v["fields"]["message"] == "xxl-edge executor started."
+                v["message"] == "xxl-edge executor started."
             })
             .await;
-        me.addr = started["fields"]["listen"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        me.addr = started["listen"].as_str().unwrap().parse().unwrap();
         me
     }
 
