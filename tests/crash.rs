@@ -178,13 +178,13 @@ max_queue_per_job = 100000
 min_free_bytes = 0
 {store}
 [handlers.gate]
-command = ["sh", "-c", "echo started; while [ ! -f {d}/go ]; do sleep 0.02; done"]
+command = ["sh", "-c", "echo started; while [ ! -f {d}/go ] && [ -d {d} ]; do sleep 0.02; done"]
 [handlers.fast]
 command = ["sh", "-c", "echo $XXL_JOB_LOG_ID >> {d}/ran.txt"]
 [handlers.gate_size]
-command = ["sh", "-c", "echo started; while [ ! -f {d}/go ]; do sleep 0.02; done; wc -c < \"$XXL_JOB_PARAM_FILE\" >> {d}/psize.txt"]
+command = ["sh", "-c", "echo started; while [ ! -f {d}/go ] && [ -d {d} ]; do sleep 0.02; done; wc -c < \"$XXL_JOB_PARAM_FILE\" >> {d}/psize.txt"]
 [handlers.safe_gate]
-command = ["sh", "-c", "echo started; echo $XXL_JOB_LOG_ID >> {d}/safe.txt; while [ ! -f {d}/go ]; do sleep 0.02; done"]
+command = ["sh", "-c", "echo started; echo $XXL_JOB_LOG_ID >> {d}/safe.txt; while [ ! -f {d}/go ] && [ -d {d} ]; do sleep 0.02; done"]
 rerun_safe = true
 {extra}
 "#
@@ -767,7 +767,7 @@ async fn a_running_jobs_output_survives_kill9() {
     std::fs::write(
         &site.config,
         format!(
-            "{plain}\n[handlers.tick]\ncommand = [\"sh\", \"-c\", \"echo tick 1; sleep 1.5; touch {d}/{tmp_marker}; while [ ! -f {d}/go ]; do sleep 0.02; done\"]\n"
+            "{plain}\n[handlers.tick]\ncommand = [\"sh\", \"-c\", \"echo tick 1; sleep 1.5; touch {d}/{tmp_marker}; while [ ! -f {d}/go ] && [ -d {d} ]; do sleep 0.02; done\"]\n"
         ),
     )
     .unwrap();

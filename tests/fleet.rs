@@ -162,7 +162,7 @@ command = ["sh", "-c", "echo $XXL_JOB_LOG_ID >> {s}/ran.txt"]
 idempotency_key = "order-{{params}}"
 idempotency_ttl_secs = 60
 [handlers.gate]
-command = ["sh", "-c", "echo $XXL_JOB_LOG_ID >> {s}/ran.txt; while [ ! -f {s}/go ]; do sleep 0.02; done"]
+command = ["sh", "-c", "echo $XXL_JOB_LOG_ID >> {s}/ran.txt; while [ ! -f {s}/go ] && [ -d {s} ]; do sleep 0.02; done"]
 idempotency_key = "order-{{params}}"
 idempotency_ttl_secs = 60
 [handlers.fail]
