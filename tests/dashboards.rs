@@ -78,6 +78,7 @@ fn is_histogram(stem: &str) -> bool {
             | "xxl_edge_admin_request_duration_seconds"
             | "xxl_edge_store_flush_duration_seconds"
             | "xxl_edge_http_request_duration_seconds"
+            | "xxl_edge_keys_redis_call_duration_seconds"
     )
 }
 

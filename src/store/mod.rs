@@ -6,6 +6,8 @@
 //! - `keys`: idempotency key → [`KeyRecord`];
 //! - `logs`: (logId, line) → text: one tree instead of a file per run, which would exhaust
 //!   inodes on small flash;
+//! - `fleet_keys`: (key, logId) → the fleet-Redis lock a run holds, until it is settled (used
+//!   only with `keys.backend = "redis"`; see `fleet_keys` in the crate root);
 //! - `meta`: schema version, store id and pruned watermark (see [`anchor`]).
 //!
 //! Values of `runs`, `outbox` and `keys` are in the store's own encoding (schema 2, see
