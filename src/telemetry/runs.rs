@@ -90,20 +90,6 @@ pub(crate) fn finished(
             msg,
             "Run killed."
         ),
-        OutcomeKind::Timeout => throttled!(
-            metrics,
-            LogKind::RunFailed,
-            warn,
-            job_id,
-            log_id,
-            handler,
-            trace_id,
-            outcome,
-            code,
-            duration_ms,
-            msg,
-            "Run timed out."
-        ),
         _ => throttled!(
             metrics,
             LogKind::RunFailed,
@@ -116,7 +102,12 @@ pub(crate) fn finished(
             code,
             duration_ms,
             msg,
-            "Run failed."
+            "{}",
+            if matches!(kind, OutcomeKind::Timeout) {
+                "Run timed out."
+            } else {
+                "Run failed."
+            }
         ),
     }
 }
