@@ -425,7 +425,8 @@ impl Executor {
 
         // Taken before "started" is logged: a SIGHUP sent once the executor says it runs must
         // find the handler, not the signal's default action (the process would end).
-        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot listen for SIGHUP: it would stop the executor, and TLS files are reloaded only when they change.");
@@ -457,7 +458,6 @@ impl Executor {
             ))
         };
 
-        let mut hangup = hangup;
         let tls_watch = self.tls.clone().map(|t| {
             let hangup = hangup.take();
             let files = self.config.executor.tls.as_ref();
