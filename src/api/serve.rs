@@ -446,6 +446,27 @@ impl TimedIo {
     }
 }
 
+impl TimedIo {
+    /// A write's result, for both write paths: bytes written move the clock on, and a write
+    /// that has to wait is bounded by the same deadline as a read.
+    fn written(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.clock.wrote_some();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.poll_deadline(cx).map(Err),
+        }
+    }
+}
+
 impl AsyncRead for TimedIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -472,16 +493,8 @@ impl AsyncWrite for TimedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.clock.wrote_some();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => self.poll_deadline(cx).map(Err),
-        }
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.written(cx, r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -497,16 +510,8 @@ impl AsyncWrite for TimedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.clock.wrote_some();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => self.poll_deadline(cx).map(Err),
-        }
+        let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.written(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
