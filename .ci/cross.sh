@@ -162,6 +162,21 @@ trap cleanup EXIT
 
 stop_kill() { kill -KILL "$1" 2>/dev/null; wait "$1" 2>/dev/null; LIVE_PID=""; }
 
+# SIGTERM, then at most 30 s for an exit with status 0. On failure STOP_MSG says why (and a
+# process still running is killed). Not in a subshell: `wait` needs the process as its child.
+stop_term() {
+  local pid=$1 st=0 i
+  STOP_MSG=""
+  kill -TERM "$pid"
+  for i in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done   # <= 30 s
+  if kill -0 "$pid" 2>/dev/null; then
+    STOP_MSG="did not exit within 30 s of SIGTERM"
+    stop_kill "$pid"; return 1
+  fi
+  wait "$pid" || st=$?; LIVE_PID=""
+  [ "$st" = 0 ] || { STOP_MSG="exit status $st after SIGTERM"; return 1; }
+}
+
 port_free() { ! (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 post() {   # PORT PATH BODY -> prints response body
@@ -269,14 +284,7 @@ EOF
     stop_kill "$pid"; return 1
   fi
 
-  kill -TERM "$pid"
-  for i in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done   # <= 30 s
-  if kill -0 "$pid" 2>/dev/null; then
-    SMOKE_MSG="did not exit within 30 s of SIGTERM"
-    stop_kill "$pid"; return 1
-  fi
-  st=0; wait "$pid" || st=$?; LIVE_PID=""
-  [ "$st" = 0 ] || { SMOKE_MSG="exit status $st after SIGTERM"; return 1; }
+  stop_term "$pid" || { SMOKE_MSG=$STOP_MSG; return 1; }
   [ "${CROSS_KEEP:-0}" = 1 ] || rm -rf "$data" "$cfg"
   return 0
 }
@@ -325,14 +333,7 @@ EOF
     stop_kill "$pid"; return 1
   fi
   TLS_RSS=$(awk '/^VmHWM/{print $2" kB"}' "/proc/$pid/status" 2>/dev/null || echo -)
-  kill -TERM "$pid"
-  for i in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done   # <= 30 s
-  if kill -0 "$pid" 2>/dev/null; then
-    TLS_MSG="did not exit within 30 s of SIGTERM"
-    stop_kill "$pid"; return 1
-  fi
-  st=0; wait "$pid" || st=$?; LIVE_PID=""
-  [ "$st" = 0 ] || { TLS_MSG="exit status $st after SIGTERM"; return 1; }
+  stop_term "$pid" || { TLS_MSG=$STOP_MSG; return 1; }
   [ "${CROSS_KEEP:-0}" = 1 ] || rm -rf "$dir"
   return 0
 }
