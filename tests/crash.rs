@@ -159,18 +159,7 @@ impl Site {
         std::fs::write(
             &config,
             format!(
-                r#"
-[admin]
-addresses = ["{admin_url}"]
-access_token = "default_token"
-timeout_secs = 1
-[executor]
-app_name = "crash-test"
-ip = "127.0.0.1"
-listen = "127.0.0.1"
-port = 0
-data_dir = "{d}/data"
-[runner]
+                r#"{head}[runner]
 kill_grace_secs = 0.5
 shutdown_grace_secs = 1
 max_queue_per_job = 100000
@@ -187,7 +176,8 @@ command = ["sh", "-c", "echo started; while [ ! -f {d}/go ] && [ -d {d} ]; do sl
 command = ["sh", "-c", "echo started; echo $XXL_JOB_LOG_ID >> {d}/safe.txt; while [ ! -f {d}/go ] && [ -d {d} ]; do sleep 0.02; done"]
 rerun_safe = true
 {extra}
-"#
+"#,
+                head = child::config_head(admin_url, "crash-test", &dir.join("data")),
             ),
         )
         .unwrap();

@@ -202,18 +202,7 @@ fn binary_config(cfg_dir: &Path, data: &Path, admin: &str) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            r#"
-[admin]
-addresses = ["{admin}"]
-access_token = "default_token"
-timeout_secs = 1
-[executor]
-app_name = "disk-test"
-ip = "127.0.0.1"
-listen = "127.0.0.1"
-port = 0
-data_dir = "{}"
-[runner]
+            r#"{head}[runner]
 kill_grace_secs = 0.5
 shutdown_grace_secs = 1
 max_queue_per_job = 100000
@@ -222,7 +211,7 @@ min_free_bytes = 0
 cache_bytes = 1048576
 flush_stall_secs = 5
 "#,
-            data.display()
+            head = child::config_head(admin, "disk-test", data),
         ),
     )
     .unwrap();

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::child::Child;
+use support::child::{self, Child};
 use support::{FakeAdmin, GUARD};
 
 /// A port nothing listens on (bound, then released).
@@ -132,25 +132,13 @@ struct Device {
 /// `keys` is the body of the `[keys]` table.
 fn device(admin: &FakeAdmin, shared: &Path, keys: &str) -> Device {
     let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().display();
     let s = shared.display();
     let config = tmp.path().join("xxl-edge.toml");
     let admin_url = admin.url();
     std::fs::write(
         &config,
         format!(
-            r#"
-[admin]
-addresses = ["{admin_url}"]
-access_token = "default_token"
-timeout_secs = 1
-[executor]
-app_name = "fleet-test"
-ip = "127.0.0.1"
-listen = "127.0.0.1"
-port = 0
-data_dir = "{d}/data"
-[runner]
+            r#"{head}[runner]
 kill_grace_secs = 0.5
 shutdown_grace_secs = 1
 [store]
@@ -173,7 +161,8 @@ idempotency_ttl_secs = 60
 command = ["sh", "-c", "echo $XXL_JOB_LOG_ID >> {s}/ran.txt"]
 idempotency_key = "order-{{params}}"
 idempotency_ttl_secs = 3
-"#
+"#,
+            head = child::config_head(&admin_url, "fleet-test", &tmp.path().join("data")),
         ),
     )
     .unwrap();

@@ -85,18 +85,7 @@ impl Site {
         std::fs::write(
             &config,
             format!(
-                r#"
-[admin]
-addresses = ["{admin_url}"]
-access_token = "default_token"
-timeout_secs = 1
-[executor]
-app_name = "integrity-test"
-ip = "127.0.0.1"
-listen = "127.0.0.1"
-port = 0
-data_dir = "{d}/data"
-[runner]
+                r#"{head}[runner]
 kill_grace_secs = 0.5
 shutdown_grace_secs = 1
 max_queue_per_job = 100000
@@ -105,7 +94,8 @@ min_free_bytes = 0
 {store}
 [handlers.fast]
 command = ["sh", "-c", "head -c 20000 /dev/zero | tr '\\000' x; echo; echo $XXL_JOB_LOG_ID >> {d}/ran.txt"]
-"#
+"#,
+                head = child::config_head(admin_url, "integrity-test", &dir.join("data")),
             ),
         )
         .unwrap();

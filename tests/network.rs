@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use support::{child::Child, FakeAdmin, GUARD};
+use support::{child, child::Child, FakeAdmin, GUARD};
 
 /// A config for the binary: admin at `admin`, data in `dir`, plus `extra` TOML.
 fn config(dir: &Path, admin: &str, extra: &str) -> PathBuf {
@@ -21,23 +21,12 @@ fn config(dir: &Path, admin: &str, extra: &str) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            r#"
-[admin]
-addresses = ["{admin}"]
-access_token = "default_token"
-timeout_secs = 1
-[executor]
-app_name = "network-test"
-ip = "127.0.0.1"
-listen = "127.0.0.1"
-port = 0
-data_dir = "{}"
-[store]
+            r#"{head}[store]
 min_free_bytes = 0
 cache_bytes = 1048576
 {extra}
 "#,
-            data.display()
+            head = child::config_head(admin, "network-test", &data),
         ),
     )
     .unwrap();

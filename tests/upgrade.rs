@@ -44,18 +44,7 @@ impl Site {
         std::fs::write(
             &config,
             format!(
-                r#"
-[admin]
-addresses = ["{admin_url}"]
-access_token = "default_token"
-timeout_secs = 1
-[executor]
-app_name = "upgrade-test"
-ip = "127.0.0.1"
-listen = "127.0.0.1"
-port = 0
-data_dir = "{}"
-log_retention_days = 0
+                r#"{head}log_retention_days = 0
 [runner]
 kill_grace_secs = 0.5
 shutdown_grace_secs = 1
@@ -70,7 +59,7 @@ idempotency_ttl_secs = 86400
 [handlers.lenJobHandler]
 command = ["sh", "-c", "echo \"params bytes: $(wc -c < \"$XXL_JOB_PARAM_FILE\")\"; tail -n 1 \"$XXL_JOB_PARAM_FILE\""]
 "#,
-                data.display()
+                head = child::config_head(admin_url, "upgrade-test", &data),
             ),
         )
         .unwrap();

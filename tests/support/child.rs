@@ -11,6 +11,27 @@ use tokio::sync::{watch, Notify};
 
 use super::GUARD;
 
+/// The `[admin]` and `[executor]` tables every child executor of the tests starts with: the
+/// fake admin at `admin_url`, the test token, 127.0.0.1 on a free port, `data_dir`. The caller's
+/// text follows (more `[executor]` keys first, if any, then its other tables).
+pub fn config_head(admin_url: &str, app_name: &str, data_dir: &std::path::Path) -> String {
+    format!(
+        r#"
+[admin]
+addresses = ["{admin_url}"]
+access_token = "default_token"
+timeout_secs = 1
+[executor]
+app_name = "{app_name}"
+ip = "127.0.0.1"
+listen = "127.0.0.1"
+port = 0
+data_dir = "{}"
+"#,
+        data_dir.display()
+    )
+}
+
 /// `xxl-edge serve --log-json --config FILE`, its JSON log lines and its exit status.
 pub struct Child {
     pub pid: i32,
