@@ -13,7 +13,7 @@
 //! most that long, which is the bound the README promises for a crash.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::time::Instant;
@@ -50,9 +50,7 @@ struct Shared {
     store: Store,
     cap: u64,
     live: Mutex<HashMap<LogId, Weak<LogInner>>>,
-    /// Chunks written to the store that may not be on disk yet: the flush epoch read after
-    /// each write, with when its oldest line was written (one entry per epoch).
-    unflushed_writes: Arc<Mutex<VecDeque<(u64, Instant)>>>,
+    unflushed_writes: Arc<Unflushed>,
     /// Called when a line cannot be written (counted and logged by the owner).
     on_error: Box<dyn Fn(&StoreError) + Send + Sync>,
 }
@@ -79,7 +77,20 @@ struct LogInner {
     used: AtomicU64,
     cap: u64,
     truncated: AtomicBool,
-    unflushed_writes: Arc<Mutex<VecDeque<(u64, Instant)>>>,
+    unflushed_writes: Arc<Unflushed>,
+}
+
+/// Chunks written to the store that may not be on disk yet.
+#[derive(Default)]
+struct Unflushed {
+    /// The flush epoch read after each write, with when its oldest line was written (one
+    /// entry per epoch).
+    writes: Mutex<VecDeque<(u64, Instant)>>,
+    /// Chunks between their store write and their entry in `writes`. A reader that has
+    /// already seen such a chunk in the store (a `/log` page) must count it as unflushed: a
+    /// handle dropped by the reporter right after "callback finish" writes it there, and the
+    /// crash test saw `/log` serve the line unflushed and a restart take it back.
+    in_flight: AtomicUsize,
 }
 
 /// Lines written but not yet in the store.
@@ -190,15 +201,19 @@ impl RunLogs {
     }
 
     /// True when a line was written that no completed flush has put on disk yet (call
-    /// [`RunLogs::save_all`] first: lines still buffered are not counted).
+    /// [`RunLogs::save_all`] first: lines still buffered are not counted). A reader that must
+    /// not show an unflushed line reads first and asks this after: a chunk it saw is then
+    /// either counted here or still being written (also counted).
     pub(crate) fn unflushed(&self) -> bool {
-        !self.waiting_writes().is_empty()
+        // Before the list: a write that leaves `in_flight` has entered the list already.
+        self.inner.unflushed_writes.in_flight.load(Ordering::SeqCst) > 0
+            || !self.waiting_writes().is_empty()
     }
 
     /// The written chunks no completed flush has carried yet: those that one has carried
     /// are dropped first (flush epochs only grow, so they are at the front).
     fn waiting_writes(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Instant)>> {
-        let mut w = lock(&self.inner.unflushed_writes);
+        let mut w = lock(&self.inner.unflushed_writes.writes);
         while w
             .front()
             .is_some_and(|(e, _)| self.inner.store.is_flushed(*e))
@@ -227,17 +242,20 @@ impl LogInner {
             return;
         }
         let first = p.next - p.lines.len() as u32;
+        let unflushed = &self.unflushed_writes;
+        unflushed.in_flight.fetch_add(1, Ordering::SeqCst);
         let res = self.store.append_log_chunk(self.log_id, first, &p.lines);
         // Read after the write: a flush that begins after this epoch carries the chunk (one
         // that began before may have missed it).
         let epoch = self.store.flush_epoch();
         let since = p.since.take().unwrap_or_else(Instant::now);
-        let mut w = lock(&self.unflushed_writes);
+        let mut w = lock(&unflushed.writes);
         match w.back_mut() {
             Some((e, t)) if *e == epoch => *t = (*t).min(since),
             _ => w.push_back((epoch, since)),
         }
         drop(w);
+        unflushed.in_flight.fetch_sub(1, Ordering::SeqCst);
         p.lines.clear();
         p.bytes = 0;
         if let Err(e) = res {

@@ -444,14 +444,16 @@ where
             let p: LogParam = parse(&body)?;
             drop(body);
             // A line `/log` shows is never taken back by a crash: lines not yet on disk are
-            // flushed first (one group commit shared with everything else waiting).
+            // flushed before the answer (one group commit shared with everything else
+            // waiting). The page is read first, then the check: a chunk written between a
+            // check and a read would be served unflushed.
             s.logs.save(LogId(p.log_id));
+            let page = read_log(s, &p);
             if s.logs.unflushed() {
                 if let Err(e) = s.store.synced().await {
                     tracing::warn!(error = %e, "Cannot flush run logs before serving /log.");
                 }
             }
-            let page = read_log(s, &p);
             let size = page.log_content.len();
             Ok(match wire::success_json(&page, size) {
                 Ok(text) => text_reply(text),
