@@ -1,34 +1,54 @@
 //! Run logs, in one tree keyed by (logId, first line of a chunk).
 //!
-//! A value is a chunk of consecutive lines: a `0x00` byte, then the lines joined by `\n`
+//! A value is a chunk of consecutive lines: a format byte, then the lines joined by `\n`
 //! (stored lines never hold a `\n`: the run log splits them), with the executor's own
-//! reference phrases as one byte each ([`PHRASES`]). A run's output is written as a few chunks
-//! instead of a key per line: every key is a sled write with its own framing, and a typical
-//! run's five lines cost five of them. The phrases are most of a short run's log (the start,
-//! end and callback lines are ~100 bytes each of fixed text), and every byte of a flush that
-//! crosses a page boundary costs a second 4 KiB page on the flash. A value without the leading
-//! `0x00` is one line as schema 1 stored it, so logs written by an older release read as they
-//! are.
+//! reference phrases as one byte each ([`PHRASES`]) and each line's `yyyy-MM-dd HH:mm:ss` time
+//! packed. A run's output is written as a few chunks instead of a key per line: every key is a
+//! sled write with its own framing, and a typical run's five lines cost five of them. The
+//! phrases and times are most of a short run's log, and every log byte is written about 2.6
+//! times on a lone writer's flash: once in its flush (a flush that crosses a page boundary
+//! costs a second 4 KiB page), then again in each of sled's rewrites of the leaf it sits in.
+//! A value whose first byte is neither format's is one line as schema 1 stored it, so logs
+//! written by an older release read as they are.
 //!
-//! In a chunk's text, a byte `0x11 + i` stands for `PHRASES[i]`, and `0x1F` escapes the byte
-//! after it (handler output that holds a byte in `0x11..=0x1F` keeps it). The table is part of
-//! the on-disk format: append to it, never change or reorder it.
+//! Format `0x01` (written now), in a chunk's text:
+//! - `0x01` escapes the byte after it: handler output keeps any byte in `0x01..=0x08` or
+//!   `0x0E..=0x1F` (tab, `\r` and the other whitespace controls need no escape);
+//! - at the start of a line, `0x02` and seven bytes are its time as 14 packed decimal digits
+//!   (no byte of which is `\n`), and `0x03` is the same time as the line before it in the chunk;
+//! - `0x10 + i` stands for `PHRASES[i]`.
+//!
+//! Format `0x00` (the first schema-2 releases): `0x11 + i` stands for `PHRASES[i]` and `0x1F`
+//! escapes the byte after it; times are text.
+//!
+//! The table is part of the on-disk format: append to it (at most 16), never change or reorder
+//! it.
 
 use super::records::log_key;
 use super::{Result, Store};
 use crate::job::LogId;
 
-/// Marks a value as a chunk of lines (a schema-1 value is one line of text).
-const CHUNK: u8 = 0x00;
+/// A chunk in format `0x00`.
+const CHUNK_V1: u8 = 0x00;
+/// A chunk in format `0x01`.
+const CHUNK_V2: u8 = 0x01;
 
-/// The first phrase's byte.
-const PHRASE_BASE: u8 = 0x11;
+/// Format `0x00`: the first phrase's byte, and the escape.
+const V1_PHRASE_BASE: u8 = 0x11;
+const V1_ESCAPE: u8 = 0x1F;
 
-/// Escapes the byte after it.
-const ESCAPE: u8 = 0x1F;
+/// Format `0x01`'s codes.
+const ESCAPE: u8 = 0x01;
+const TIME: u8 = 0x02;
+const SAME_TIME: u8 = 0x03;
+const PHRASE_BASE: u8 = 0x10;
+
+/// `yyyy-MM-dd HH:mm:ss`: 19 bytes, 14 of them digits, packed into 7.
+const TIME_LEN: usize = 19;
+const PACKED_TIME_LEN: usize = 7;
 
 /// The executor's own phrases (see `runlog.rs`), longest and most specific first: the encoder
-/// takes the first that matches. At most 14 (`0x11..=0x1E`).
+/// takes the first that matches.
 const PHRASES: [&str; 12] = [
     " [xxl-edge] <br>----------- xxl-job job execute start -----------<br>----------- Param:",
     " [xxl-edge] <br>----------- xxl-job job execute end(finish) -----------<br>----------- Result: handleCode=",
@@ -44,10 +64,40 @@ const PHRASES: [&str; 12] = [
     " [xxl-edge] ",
 ];
 
-/// Appends `text` to `out`, each phrase of [`PHRASES`] as its byte.
-fn encode_into(out: &mut Vec<u8>, text: &str) {
+/// Bytes of handler output that format `0x01` escapes.
+fn is_code(c: u8) -> bool {
+    matches!(c, 0x01..=0x08 | 0x0E..=0x1F)
+}
+
+/// The line's time, when it starts with one.
+fn time_of(line: &[u8]) -> Option<&[u8]> {
+    let t = line.get(..TIME_LEN)?;
+    let ok = t.iter().enumerate().all(|(i, &c)| match i {
+        4 | 7 => c == b'-',
+        10 => c == b' ',
+        13 | 16 => c == b':',
+        _ => c.is_ascii_digit(),
+    });
+    ok.then_some(t)
+}
+
+/// Appends `text` to `out` as one line of format `0x01`; `prev` is the line before it in the
+/// chunk.
+fn encode_into(out: &mut Vec<u8>, text: &str, prev: Option<&str>) {
     let b = text.as_bytes();
     let mut i = 0;
+    if let Some(t) = time_of(b) {
+        if prev.and_then(|p| time_of(p.as_bytes())) == Some(t) {
+            out.push(SAME_TIME);
+        } else {
+            out.push(TIME);
+            let mut digits = t.iter().filter(|c| c.is_ascii_digit()).map(|c| c - b'0');
+            while let (Some(hi), Some(lo)) = (digits.next(), digits.next()) {
+                out.push(hi << 4 | lo);
+            }
+        }
+        i = TIME_LEN;
+    }
     while i < b.len() {
         let c = b[i];
         // Every phrase starts with one of these; most bytes are decided here.
@@ -59,7 +109,7 @@ fn encode_into(out: &mut Vec<u8>, text: &str) {
                 continue;
             }
         }
-        if (PHRASE_BASE..=ESCAPE).contains(&c) {
+        if is_code(c) {
             out.push(ESCAPE);
         }
         out.push(c);
@@ -67,14 +117,45 @@ fn encode_into(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-/// The text of one encoded line.
-fn decode(line: &[u8]) -> String {
+/// Text from bytes that were text when written (a damaged value keeps what is readable).
+fn text(out: Vec<u8>) -> String {
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// The text of one line of format `0x01`; `prev` is the text of the line before it.
+fn decode(line: &[u8], prev: Option<&str>) -> String {
     let mut out = Vec::with_capacity(line.len() * 2);
+    let mut line = line;
+    match line.split_first() {
+        Some((&TIME, rest)) => {
+            let (packed, rest) = rest.split_at(rest.len().min(PACKED_TIME_LEN));
+            let digits = packed.iter().flat_map(|b| [b >> 4, b & 0x0F]);
+            for (i, d) in digits.enumerate() {
+                // `yyyy-MM-dd HH:mm:ss`: a separator before digits 4, 6, 8, 10 and 12.
+                match i {
+                    4 | 6 => out.push(b'-'),
+                    8 => out.push(b' '),
+                    10 | 12 => out.push(b':'),
+                    _ => {}
+                }
+                out.push(b'0' + d.min(9));
+            }
+            line = rest;
+        }
+        Some((&SAME_TIME, rest)) => {
+            // A damaged chunk (no line before, or one without a time) keeps what there is.
+            if let Some(t) = prev.and_then(|p| time_of(p.as_bytes())) {
+                out.extend_from_slice(t);
+            }
+            line = rest;
+        }
+        _ => {}
+    }
     let mut it = line.iter();
     while let Some(&c) = it.next() {
         match c {
             ESCAPE => out.extend(it.next()),
-            c if (PHRASE_BASE..ESCAPE).contains(&c) => {
+            c if c >= PHRASE_BASE && is_code(c) => {
                 match PHRASES.get(usize::from(c - PHRASE_BASE)) {
                     Some(p) => out.extend_from_slice(p.as_bytes()),
                     // A byte this build has no phrase for (a newer release wrote it): kept.
@@ -84,7 +165,26 @@ fn decode(line: &[u8]) -> String {
             c => out.push(c),
         }
     }
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    text(out)
+}
+
+/// The text of one line of format `0x00`.
+fn decode_v1(line: &[u8]) -> String {
+    let mut out = Vec::with_capacity(line.len() * 2);
+    let mut it = line.iter();
+    while let Some(&c) = it.next() {
+        match c {
+            V1_ESCAPE => out.extend(it.next()),
+            c if (V1_PHRASE_BASE..V1_ESCAPE).contains(&c) => {
+                match PHRASES.get(usize::from(c - V1_PHRASE_BASE)) {
+                    Some(p) => out.extend_from_slice(p.as_bytes()),
+                    None => out.push(c),
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    text(out)
 }
 
 /// A page of a run's log.
@@ -96,25 +196,43 @@ pub struct LogPage {
     pub to: u32,
 }
 
-/// The lines of a stored value, in order, as stored (see [`line_text`]).
-fn chunk_lines(v: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
-    let (body, chunk) = match v.split_first() {
-        Some((&CHUNK, rest)) => (rest, true),
-        _ => (v, false),
-    };
-    // An escaped byte is never `\n` (it is in `0x11..=0x1F`), so a plain split is right.
-    // `split` on a predicate that never matches yields the whole value once.
-    body.split(move |&b| chunk && b == b'\n')
-        .map(move |l| (l, chunk))
+/// How a stored value's lines are encoded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// Schema 1: the value is one line of text.
+    Line,
+    V1,
+    V2,
 }
 
-/// A stored line's text: a chunk's line is decoded, a schema-1 line is taken as it is.
-fn line_text((line, encoded): (&[u8], bool)) -> String {
-    if encoded {
-        decode(line)
-    } else {
-        String::from_utf8_lossy(line).into_owned()
-    }
+/// The lines of a stored value, in order, as stored (see [`chunk_texts`]).
+fn chunk_lines(v: &[u8]) -> (Format, impl Iterator<Item = &[u8]>) {
+    let (body, format) = match v.split_first() {
+        Some((&CHUNK_V2, rest)) => (rest, Format::V2),
+        Some((&CHUNK_V1, rest)) => (rest, Format::V1),
+        _ => (v, Format::Line),
+    };
+    // An escaped byte is never `\n` (it is a code), nor is a packed time's, so a plain split
+    // is right. `split` on a predicate that never matches yields the whole value once.
+    let lines = body.split(move |&b| format != Format::Line && b == b'\n');
+    (format, lines)
+}
+
+/// The texts of a stored value's lines, in order.
+fn chunk_texts(v: &[u8]) -> impl Iterator<Item = String> + '_ {
+    let (format, lines) = chunk_lines(v);
+    let mut prev: Option<String> = None;
+    lines.map(move |line| {
+        let text = match format {
+            Format::V2 => decode(line, prev.as_deref()),
+            Format::V1 => decode_v1(line),
+            Format::Line => String::from_utf8_lossy(line).into_owned(),
+        };
+        if format == Format::V2 {
+            prev = Some(text.clone());
+        }
+        text
+    })
 }
 
 fn first_line(key: &[u8]) -> u32 {
@@ -142,12 +260,14 @@ impl Store {
         }
         let len = lines.iter().map(|l| l.as_ref().len() + 1).sum::<usize>();
         let mut v = Vec::with_capacity(len + 1);
-        v.push(CHUNK);
-        for (i, l) in lines.iter().enumerate() {
-            if i > 0 {
+        v.push(CHUNK_V2);
+        let mut prev = None;
+        for l in lines {
+            if prev.is_some() {
                 v.push(b'\n');
             }
-            encode_into(&mut v, l.as_ref());
+            encode_into(&mut v, l.as_ref(), prev);
+            prev = Some(l.as_ref());
         }
         self.inner.logs.insert(log_key(id, first), v)?;
         Ok(())
@@ -177,7 +297,7 @@ impl Store {
         Ok(match self.inner.logs.range(start..=end).next_back() {
             Some(item) => {
                 let (k, v) = item?;
-                let n = chunk_lines(&v).count() as u32;
+                let n = chunk_lines(&v).1.count() as u32;
                 first_line(&k).saturating_add(n.saturating_sub(1))
             }
             None => 0,
@@ -217,12 +337,11 @@ impl Store {
         {
             let (k, v) = item?;
             let first = first_line(&k);
-            for (i, line) in chunk_lines(&v).enumerate() {
+            for (i, mut text) in chunk_texts(&v).enumerate() {
                 let n = first.saturating_add(i as u32);
                 if n < from {
                     continue;
                 }
-                let mut text = line_text(line);
                 if !lines.is_empty()
                     && (lines.len() >= max_lines || bytes + text.len() + 1 > max_bytes)
                 {
@@ -264,7 +383,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::{chunk_lines, encode_into, line_text, CHUNK};
+    use super::{chunk_texts, encode_into, CHUNK_V2};
     use crate::job::LogId;
     use crate::store::Store;
 
@@ -292,47 +411,93 @@ mod tests {
     }
 
     fn lines(v: &[u8]) -> Vec<String> {
-        chunk_lines(v).map(line_text).collect()
+        chunk_texts(v).collect()
+    }
+
+    /// A chunk of format `0x01` as the store writes it.
+    fn encode(ls: &[&str]) -> Vec<u8> {
+        let mut v = vec![CHUNK_V2];
+        let mut prev = None;
+        for l in ls {
+            if prev.is_some() {
+                v.push(b'\n');
+            }
+            encode_into(&mut v, l, prev);
+            prev = Some(*l);
+        }
+        v
     }
 
     #[test]
-    fn values_of_both_schemas_split_into_lines() {
+    fn values_of_every_format_split_into_lines() {
+        assert_eq!(lines(b"\x01a\n\nb"), ["a", "", "b"]);
+        assert_eq!(lines(b"\x01"), [""]);
+        // Format 0x00, as the first schema-2 releases wrote it: phrases from 0x11, escape 0x1F.
         assert_eq!(lines(b"\0a\n\nb"), ["a", "", "b"]);
+        assert_eq!(
+            lines(b"\x002026-11-28 21:00:00\x14\n\x1f\x11x\x1d"),
+            [
+                "2026-11-28 21:00:00 [xxl-edge] <br>----------- xxl-job job callback finish.",
+                "\u{11}x\u{1d}"
+            ]
+        );
         // Schema 1: one line, newlines and all.
         assert_eq!(lines(b"one\nline"), ["one\nline"]);
-        assert_eq!(lines(b"\0"), [""]);
     }
 
     #[test]
-    fn phrases_shrink_the_reference_lines_and_any_text_comes_back_whole() {
+    fn phrases_and_times_shrink_the_reference_lines_and_any_text_comes_back_whole() {
         let start = "2026-11-28 21:00:00 [xxl-edge] <br>----------- xxl-job job execute start -----------<br>----------- Param:null";
-        let end = "2026-11-28 21:00:00 [xxl-edge] <br>----------- xxl-job job execute end(finish) -----------<br>----------- Result: handleCode=200, handleMsg = null";
-        let mut v = vec![CHUNK];
-        encode_into(&mut v, start);
-        v.push(b'\n');
-        encode_into(&mut v, end);
-        assert!(v.len() < 60, "{} bytes", v.len());
-        assert_eq!(lines(&v), [start, end]);
-        // Output that holds the phrase bytes, the escape, phrases cut short and multi-byte text.
+        let out = "2026-11-28 21:00:00 [xxl-edge] XXL-JOB, Hello World.";
+        let end = "2026-11-28 21:00:01 [xxl-edge] <br>----------- xxl-job job execute end(finish) -----------<br>----------- Result: handleCode=200, handleMsg = null";
+        let done = "2026-11-28 21:00:01 [xxl-edge] <br>----------- xxl-job job callback finish.";
+        let v = encode(&[start, out, end, done]);
+        // Two packed times (8 bytes each), two repeated ones (1 byte each).
+        assert_eq!(
+            v.len(),
+            1 + (8 + 1 + 4) + (1 + 1 + 1 + 21) + (1 + 8 + 1 + 3 + 1 + 4) + (1 + 1 + 1),
+            "{v:?}"
+        );
+        assert_eq!(lines(&v), [start, out, end, done]);
+        // Output that holds the codes, the escape, phrases cut short, multi-byte text, and
+        // things that look almost like a time.
         let odd = [
-            "\u{11}\u{1e}\u{1f}\u{1f}x\u{10}\u{20}",
+            "\u{1}\u{2}\u{3}\u{8}\t\r\u{b}\u{c}\u{e}\u{10}\u{11}\u{1e}\u{1f}x\u{20}",
+            "\u{2}2026-11-28 21:00:00",
             " [xxl-edge",
             "<br>----------- ",
             "é [xxl-edge] ü, handleMsg = 中",
             "",
+            "2026-11-28 21:00:0",
+            "2026-11-28T21:00:00 no",
+            "2026-11-28 21:00:0x",
+            "9999-99-99 99:99:99",
+            "0000-00-00 00:00:00中",
         ];
         for text in odd {
-            let mut v = vec![CHUNK];
-            encode_into(&mut v, text);
+            let v = encode(&[text]);
             assert_eq!(lines(&v), [text], "{v:?}");
         }
+        assert_eq!(lines(&encode(&odd)), odd);
         // Every byte value, in and out.
         let all: String = (0u8..=0x7f)
             .filter(|&b| b != b'\n')
             .map(char::from)
             .collect();
-        let mut v = vec![CHUNK];
-        encode_into(&mut v, &all);
-        assert_eq!(lines(&v), [all]);
+        assert_eq!(lines(&encode(&[&all])), [all.clone()]);
+        let timed = format!("2026-11-28 21:00:00{all}");
+        assert_eq!(lines(&encode(&[&timed, &timed])), [timed.clone(), timed]);
+    }
+
+    /// Damaged chunks read as far as they can, never panic.
+    #[test]
+    fn damaged_times_keep_what_is_readable() {
+        // A repeated time with no line before it, a packed time cut short, a bad digit.
+        assert_eq!(lines(b"\x01\x03x"), ["x"]);
+        assert_eq!(lines(b"\x01\x02\x20\x26"), ["2026"]);
+        assert_eq!(
+            lines(b"\x01\x02\x2f\x26\x11\x28\x21\x00\x00y"),
+            ["2926-11-28 21:00:00y"]
+        );
     }
 }
