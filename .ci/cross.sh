@@ -28,7 +28,11 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=xxl-edge
 RUSTC_FLOOR=1.88.0          # highest rust-version in Cargo.lock (icu_* 2.4.0); bookworm main has 1.85
-ZIGLANG_VERSION=0.17.1
+# zig 0.15.2, not 0.17.1: from 0.16 zig links its own malloc instead of musl's, and its calloc
+# writes zeros over every byte it returns, so the ~28 MB that sled calloc's at start (41
+# statistics histograms of 516 KiB, its page table) all became resident: idle RSS 34.7 MB
+# instead of 7.2 MB (x86_64 musl, TLS on; benches/idle-rss.md).
+ZIGLANG_VERSION=0.15.2
 ZIGBUILD_VERSION=0.24.0
 ZIG_VENV=/opt/zig-venv
 
@@ -48,7 +52,7 @@ need_zig=0; need_gcc_a64=0; need_gcc_arm=0
 for T in "${TARGETS[@]}"; do
   B=$(base_triple "$T")
   case $B in
-    aarch64-unknown-linux-musl|armv7-unknown-linux-musleabihf) need_zig=1 ;;
+    aarch64-unknown-linux-musl|armv7-unknown-linux-musleabihf|x86_64-unknown-linux-musl) need_zig=1 ;;
     aarch64-unknown-linux-gnu)     need_gcc_a64=1; [ "$B" = "$T" ] || need_zig=1 ;;
     armv7-unknown-linux-gnueabihf) need_gcc_arm=1; [ "$B" = "$T" ] || need_zig=1 ;;
     *) die "unsupported target '$T' (aarch64/armv7 musl or gnu only)" ;;
@@ -122,6 +126,8 @@ export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
 # and libunwind instead.
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C link-self-contained=no"
 export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_RUSTFLAGS="-C link-self-contained=no"
+# The device build for an x86_64 host, run natively: what benches/idle-rss.sh measures.
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C link-self-contained=no"
 if [ -n "${RUSTFLAGS:-}${CARGO_ENCODED_RUSTFLAGS:-}" ]; then
   say "warning: RUSTFLAGS/CARGO_ENCODED_RUSTFLAGS would override the per-target flags; unsetting them"
   unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS
@@ -136,6 +142,7 @@ NOPROXY_ENV=(env -u http_proxy -u https_proxy -u all_proxy -u HTTP_PROXY -u HTTP
              NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost)
 
 qemu_for() {   # qemu command line for a (base) triple
+  case $1 in x86_64-*) echo ""; return ;; esac   # native on an x86_64 host
   local a=qemu-arm; case $1 in aarch64-*) a=qemu-aarch64 ;; esac
   case $1 in
     *-gnu|*-gnueabihf)
