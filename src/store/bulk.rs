@@ -122,7 +122,11 @@ pub(super) fn write_bulk(dir: &Path, path: &Path, trigger: &Trigger) -> Result<(
 /// At open: removes every large-trigger file that no unfinished run names (a crash between
 /// the file and its record, or before a finished run's file was removed). Housekeeping only:
 /// a failure is logged, and the next open tries again.
-pub(super) fn remove_orphans(runs: &sled::Tree, bulk_dir: &Path) {
+pub(super) fn remove_orphans(
+    runs: &sled::Tree,
+    names: &super::records::names::HandlerNames,
+    bulk_dir: &Path,
+) {
     let entries = match std::fs::read_dir(bulk_dir) {
         Ok(e) => e,
         Err(e) => {
@@ -138,7 +142,7 @@ pub(super) fn remove_orphans(runs: &sled::Tree, bulk_dir: &Path) {
             .next()
             .and_then(|id| id.parse::<i64>().ok())
             .and_then(|id| runs.get(run_key(LogId(id))).ok().flatten())
-            .and_then(|v| RunRecord::decode(&v).ok())
+            .and_then(|v| RunRecord::decode(&v, names).ok())
             .is_some_and(|rec| {
                 matches!(rec.state, RunState::Accepted | RunState::Running)
                     && rec.bulk.is_some_and(|b| b.file == name)

@@ -60,7 +60,7 @@ impl Store {
     /// I/O or a corrupt record.
     pub fn run(&self, id: LogId) -> Result<Option<RunRecord>> {
         match self.inner.runs.get(run_key(id))? {
-            Some(v) => Ok(Some(RunRecord::decode(&v)?)),
+            Some(v) => Ok(Some(RunRecord::decode(&v, &self.inner.names)?)),
             None => Ok(None),
         }
     }
@@ -100,7 +100,11 @@ impl Store {
         let inserted = self
             .inner
             .runs
-            .compare_and_swap(run_key(trigger.log_id), None::<&[u8]>, Some(rec.encode()))
+            .compare_and_swap(
+                run_key(trigger.log_id),
+                None::<&[u8]>,
+                Some(rec.encode(&self.inner.names)?),
+            )
             .map_err(StoreError::from);
         match inserted {
             Ok(Ok(())) => Ok(()),
@@ -156,11 +160,12 @@ impl Store {
         let mut err = None;
         self.inner.runs.fetch_and_update(key, |old| {
             let old = old?;
-            match RunRecord::decode(old) {
-                Ok(mut r) => {
-                    f(&mut r);
-                    Some(r.encode())
-                }
+            let updated = RunRecord::decode(old, &self.inner.names).and_then(|mut r| {
+                f(&mut r);
+                r.encode(&self.inner.names)
+            });
+            match updated {
+                Ok(v) => Some(v),
                 Err(e) => {
                     err = Some(e);
                     Some(old.to_vec())
@@ -202,7 +207,7 @@ impl Store {
         let key = run_key(trigger.log_id);
         let now = clock::now_ms();
         let old = match self.inner.runs.get(key)? {
-            Some(v) => Some(RunRecord::decode(&v)?),
+            Some(v) => Some(RunRecord::decode(&v, &self.inner.names)?),
             None => None,
         };
         if old
@@ -243,7 +248,9 @@ impl Store {
         rec.outcome = Some(outcome.clone());
         rec.kind = Some(kind);
         rec.outbox_seq = Some(seq);
-        self.inner.runs.insert(key, rec.encode())?;
+        self.inner
+            .runs
+            .insert(key, rec.encode(&self.inner.names)?)?;
         self.remove_after_flush(&rec);
         if let Some(k) = &rec.idempotency_key {
             self.settle_key(k, trigger.log_id, outcome.is_success())?;
@@ -262,7 +269,7 @@ impl Store {
         for item in self.inner.runs.iter() {
             let (_, v) = item?;
             r.runs += 1;
-            let rec = RunRecord::decode(&v)?;
+            let rec = RunRecord::decode(&v, &self.inner.names)?;
             match rec.state {
                 RunState::Accepted => r.queued.push(rec),
                 RunState::Running => r.interrupted.push(rec),
@@ -328,7 +335,7 @@ impl Store {
         rec.outbox_seq = Some(seq);
         self.inner
             .runs
-            .insert(run_key(rec.trigger.log_id), rec.encode())?;
+            .insert(run_key(rec.trigger.log_id), rec.encode(&self.inner.names)?)?;
         self.remove_after_flush(&rec);
         if let Some(k) = &rec.idempotency_key {
             self.settle_key(k, rec.trigger.log_id, e.callback.outcome.is_success())?;
@@ -349,7 +356,7 @@ impl Store {
         };
         for item in self.inner.runs.iter() {
             let (_, v) = item?;
-            let rec = RunRecord::decode(&v)?;
+            let rec = RunRecord::decode(&v, &self.inner.names)?;
             s.runs += 1;
             match self.derived_state(&rec)? {
                 RunState::Accepted => s.accepted += 1,
@@ -369,7 +376,7 @@ impl Store {
         let mut v = Vec::new();
         for item in self.inner.runs.iter().rev().take(n) {
             let (_, val) = item?;
-            let mut rec = RunRecord::decode(&val)?;
+            let mut rec = RunRecord::decode(&val, &self.inner.names)?;
             rec.state = self.derived_state(&rec)?;
             v.push(rec);
         }

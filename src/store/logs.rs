@@ -484,7 +484,7 @@ mod tests {
             .filter(|&b| b != b'\n')
             .map(char::from)
             .collect();
-        assert_eq!(lines(&encode(&[&all])), [all.clone()]);
+        assert_eq!(lines(&encode(&[&all])), std::slice::from_ref(&all));
         let timed = format!("2026-11-28 21:00:00{all}");
         assert_eq!(lines(&encode(&[&timed, &timed])), [timed.clone(), timed]);
     }

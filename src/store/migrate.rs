@@ -9,6 +9,7 @@
 
 use std::time::Instant;
 
+use super::records::names::HandlerNames;
 use super::records::{is_v1, v1};
 use super::StoreError;
 
@@ -31,10 +32,11 @@ pub(super) fn v1_to_v2(
     outbox: &sled::Tree,
     keys: &sled::Tree,
     meta: &sled::Tree,
+    names: &HandlerNames,
 ) -> Result<Migrated, String> {
     let started = Instant::now();
     let m = Migrated {
-        runs: rewrite(runs, "runs", |v| Ok(v1::run_record(v)?.encode()))?,
+        runs: rewrite(runs, "runs", |v| v1::run_record(v)?.encode(names))?,
         outbox: rewrite(outbox, "outbox", |v| Ok(v1::outbox_entry(v)?.encode()))?,
         keys: rewrite(keys, "keys", |v| Ok(v1::key_record(v)?.encode()))?,
     };

@@ -167,6 +167,8 @@ struct Inner {
     logs: sled::Tree,
     /// Keys held in the fleet's Redis, for a restart to settle (see `keys`).
     fleet_keys: sled::Tree,
+    /// The handler names run records refer to by number.
+    names: records::names::HandlerNames,
     dir: PathBuf,
     /// `store/params`: large triggers, one file per unfinished run.
     bulk_dir: PathBuf,

@@ -103,6 +103,8 @@ impl Store {
         let meta = open("meta")?;
         let integrity =
             super::anchor::after_open(&dir, &db, meta.clone(), &runs, anchor).map_err(&unusable)?;
+        let names = super::records::names::HandlerNames::open(meta.clone())
+            .map_err(|e| unusable(format!("its handler names: {e}")))?;
         match meta.get("schema").map_err(|e| unusable(e.to_string()))? {
             None => {
                 meta.insert("schema", &SCHEMA_VERSION.to_be_bytes())
@@ -112,7 +114,7 @@ impl Store {
             // The previous releases' JSON records: rewritten in place, once (a migration cut
             // short runs again, see `migrate`).
             Some(v) if v.as_ref() == 1u64.to_be_bytes() => {
-                migrate::v1_to_v2(&db, &runs, &outbox, &keys, &meta)
+                migrate::v1_to_v2(&db, &runs, &outbox, &keys, &meta, &names)
                     .map_err(|e| unusable(format!("migrating it from schema 1 to 2: {e}")))?;
             }
             Some(v) => {
@@ -125,7 +127,7 @@ impl Store {
         let bulk_dir = dir.join(BULK_DIR);
         crate::private_file::create_dir(&bulk_dir)
             .map_err(|e| unusable(format!("cannot create {}: {e}", bulk_dir.display())))?;
-        remove_orphans(&runs, &bulk_dir);
+        remove_orphans(&runs, &names, &bulk_dir);
         private_files(&dir);
         let outbox_len = outbox.len() as u64;
         let dir_shown = dir.display().to_string();
@@ -137,6 +139,7 @@ impl Store {
             keys,
             logs,
             fleet_keys,
+            names,
             dir,
             bulk_dir,
             pending_removals: std::sync::Mutex::new(Vec::new()),

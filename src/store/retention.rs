@@ -72,7 +72,7 @@ impl Store {
             let done = item.is_none();
             if let Some(item) = item {
                 let (k, v) = item?;
-                let rec = RunRecord::decode(&v)?;
+                let rec = RunRecord::decode(&v, &self.inner.names)?;
                 if self.derived_state(&rec)? != RunState::Reported {
                     continue;
                 }

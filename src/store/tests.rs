@@ -401,6 +401,7 @@ async fn concurrent_durable_calls_share_flushes() {
 
 // Schema 2 and the migration from schema 1.
 
+use super::records::names::HandlerNames;
 use super::records::{is_v1, v1, v2, Bulk, KeyRecord, OutboxEntry, RunRecord};
 use crate::job::{BlockStrategy, GlueKind, JobId};
 
@@ -507,20 +508,41 @@ fn v1_entry_json(e: &OutboxEntry) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
+/// A names table in a throwaway sled.
+fn names() -> (sled::Db, HandlerNames) {
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let names = HandlerNames::open(db.open_tree("meta").unwrap()).unwrap();
+    (db, names)
+}
+
 #[test]
 fn v2_records_round_trip_and_are_small() {
+    let (_db, n) = names();
     for r in demo_records().into_iter().chain([full_record()]) {
-        let b = r.encode();
-        assert_eq!(b[0], v2::FORMAT);
+        let b = r.encode(&n).unwrap();
+        assert_eq!(b[0], v2::FORMAT_NAMED);
         assert!(!is_v1(&b));
-        assert_eq!(RunRecord::decode(&b).unwrap(), r);
+        assert_eq!(RunRecord::decode(&b, &n).unwrap(), r);
+        // The handler as text (a full names table, or a record of the first schema-2 builds).
+        let text = v2::run_record(&r, None);
+        assert!(text.len() >= b.len() + r.trigger.handler.len());
+        assert_eq!(RunRecord::decode(&text, &n).unwrap(), r);
     }
+    // A number the table lacks is damage, not a panic or an empty name.
+    let (_db2, empty) = names();
+    assert!(matches!(
+        RunRecord::decode(&full_record().encode(&n).unwrap(), &empty),
+        Err(StoreError::Corrupt(_))
+    ));
     let mut absent = full_record();
     absent.trigger.params = None;
     absent.trigger.timeout = None;
     absent.trigger.glue = Glue::Bean;
     absent.outcome = Some(Outcome::code(200, None));
-    assert_eq!(RunRecord::decode(&absent.encode()).unwrap(), absent);
+    assert_eq!(
+        RunRecord::decode(&absent.encode(&n).unwrap(), &n).unwrap(),
+        absent
+    );
     for e in [
         demo_entry(),
         OutboxEntry {
@@ -555,7 +577,7 @@ fn v2_records_round_trip_and_are_small() {
         ("running", &running),
         ("finished", &finished),
     ] {
-        let (json, v2) = (v1_json(r).len(), r.encode().len());
+        let (json, v2) = (v1_json(r).len(), r.encode(&n).unwrap().len());
         assert!(v2 <= 60, "{name}: {v2} bytes");
         assert!(v2 * 5 < json, "{name}: {v2} bytes against {json}");
         sizes.push(format!("{name} {json} -> {v2}"));
@@ -572,9 +594,11 @@ fn v2_records_round_trip_and_are_small() {
 
 #[test]
 fn damaged_values_are_errors_never_panics() {
+    let (_db, n) = names();
     let mut values = vec![
-        full_record().encode(),
-        demo_records()[2].encode(),
+        full_record().encode(&n).unwrap(),
+        // The handler as text: the bytes changed below are at fixed places.
+        v2::run_record(&demo_records()[2], None),
         demo_entry().encode(),
         KeyRecord {
             log_id: LogId(7),
@@ -587,7 +611,7 @@ fn damaged_values_are_errors_never_panics() {
     v2::put_bulk_trigger(&mut file, &full_record().trigger);
     values.push(file);
     let decode_all = |b: &[u8]| {
-        let _ = RunRecord::decode(b);
+        let _ = RunRecord::decode(b, &n);
         let _ = OutboxEntry::decode(b);
         let _ = KeyRecord::decode(b);
         let _ = super::records::decode_bulk_trigger(b);
@@ -596,27 +620,27 @@ fn damaged_values_are_errors_never_panics() {
     for v in &values {
         for len in 0..v.len() {
             let cut = &v[..len];
-            assert!(RunRecord::decode(cut).is_err() || len == v.len());
+            assert!(RunRecord::decode(cut, &n).is_err() || len == v.len());
             decode_all(cut);
         }
     }
     for cut in 0..values[0].len() {
         assert!(matches!(
-            RunRecord::decode(&values[0][..cut]),
+            RunRecord::decode(&values[0][..cut], &n),
             Err(StoreError::Corrupt(_))
         ));
     }
     // A trailing byte, an unknown state, an unknown flag, a huge string length, a bad format.
     let mut long = values[1].clone();
     long.push(0);
-    assert!(RunRecord::decode(&long).is_err());
+    assert!(RunRecord::decode(&long, &n).is_err());
     let mut bad_state = values[1].clone();
     bad_state[2] = 9;
-    assert!(RunRecord::decode(&bad_state).is_err());
+    assert!(RunRecord::decode(&bad_state, &n).is_err());
     let mut bad_flag = values[1].clone();
     bad_flag[1] |= 0x7f;
     bad_flag.splice(2..2, [0x7f]);
-    assert!(RunRecord::decode(&bad_flag).is_err());
+    assert!(RunRecord::decode(&bad_flag, &n).is_err());
     let huge = [
         v2::FORMAT,
         0,
@@ -633,7 +657,7 @@ fn damaged_values_are_errors_never_panics() {
         0xff,
         0x7f,
     ];
-    assert!(RunRecord::decode(&huge).is_err());
+    assert!(RunRecord::decode(&huge, &n).is_err());
     let overflow = [
         v2::FORMAT,
         0xff,
@@ -648,8 +672,8 @@ fn damaged_values_are_errors_never_panics() {
         0x7f,
     ];
     assert!(KeyRecord::decode(&overflow).is_err());
-    assert!(RunRecord::decode(b"{\"trigger\":1}").is_err());
-    assert!(RunRecord::decode(&[0x03]).is_err());
+    assert!(RunRecord::decode(b"{\"trigger\":1}", &n).is_err());
+    assert!(RunRecord::decode(&[0x03], &n).is_err());
     // Random bytes and single-byte flips of valid values: bounded, deterministic.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
@@ -829,8 +853,13 @@ async fn a_half_migrated_store_migrates_again_at_open() {
     let s = Store::open(dir.path(), cfg()).unwrap();
     assert_eq!(schema_of(&s), 2u64.to_be_bytes());
     for t in ["runs", "outbox", "keys"] {
+        let format = if t == "runs" {
+            v2::FORMAT_NAMED
+        } else {
+            v2::FORMAT
+        };
         for (_, v) in raw_tree(&s, t) {
-            assert_eq!(v[0], v2::FORMAT, "{t}");
+            assert_eq!(v[0], format, "{t}");
         }
     }
     let after: Vec<_> = (1..=6)

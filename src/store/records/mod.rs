@@ -9,8 +9,11 @@ use super::bulk::{bulk_bytes, stripped};
 use super::{Result, StoreError, BULK_THRESHOLD};
 use crate::job::{Callback, LogId, Outcome, OutcomeKind, RunState, Trigger};
 
+pub(super) mod names;
 pub(super) mod v1;
 pub(super) mod v2;
+
+use names::HandlerNames;
 
 /// True for a schema-1 value: JSON, which always opens with `{` (schema 2 never does).
 pub(super) fn is_v1(v: &[u8]) -> bool {
@@ -105,17 +108,21 @@ pub struct KeyRecord {
 }
 
 impl RunRecord {
-    /// The schema-2 bytes.
-    pub(super) fn encode(&self) -> Vec<u8> {
-        v2::run_record(self)
+    /// The schema-2 bytes, the handler by its number in `names` (added there if new).
+    ///
+    /// # Errors
+    /// I/O writing the names table.
+    pub(super) fn encode(&self, names: &HandlerNames) -> Result<Vec<u8>> {
+        let n = names.number(&self.trigger.handler)?;
+        Ok(v2::run_record(self, n))
     }
 
     /// Reads a schema-2 value.
     ///
     /// # Errors
     /// [`StoreError::Corrupt`] for anything else.
-    pub(super) fn decode(v: &[u8]) -> Result<Self> {
-        v2::run_record_of(v).map_err(StoreError::Corrupt)
+    pub(super) fn decode(v: &[u8], names: &HandlerNames) -> Result<Self> {
+        v2::run_record_of(v, &|n| names.name(n)).map_err(StoreError::Corrupt)
     }
 }
 

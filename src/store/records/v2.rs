@@ -21,6 +21,10 @@ use crate::job::{
 /// The first byte of every schema-2 value.
 pub(in crate::store) const FORMAT: u8 = 0x02;
 
+/// The first byte of a run record whose handler is a number in the names table and whose
+/// acceptance time is a delta from `logDateTime` (see [`run_record`]).
+pub(in crate::store) const FORMAT_NAMED: u8 = 0x03;
+
 /// Where encoded bytes go: a `Vec` for records, a buffered file for large triggers (streamed,
 /// so a multi-MiB trigger is not copied into one buffer first).
 pub(in crate::store) trait Sink {
@@ -252,12 +256,13 @@ fn glue_kind_of(r: &Reader<'_>, t: u8) -> Result<Option<GlueKind>, String> {
     })
 }
 
-// Trigger: flags (params, timeout), job, logId, logDateTime, handler, [params], block,
-// [timeout secs, nanos], glue tag, [source, updated], shard index, shard total.
+// Trigger: flags (params, timeout), job, logId, logDateTime, handler (its text, or in a run
+// record with `R_NAMED` its number in the names table), [params], block, [timeout secs, nanos],
+// glue tag, [source, updated], shard index, shard total.
 const T_PARAMS: u64 = 1;
 const T_TIMEOUT: u64 = 1 << 1;
 
-fn put_trigger(s: &mut impl Sink, t: &Trigger) {
+fn put_trigger(s: &mut impl Sink, t: &Trigger, handler: Option<u64>) {
     let mut f = 0;
     if t.params.is_some() {
         f |= T_PARAMS;
@@ -269,7 +274,10 @@ fn put_trigger(s: &mut impl Sink, t: &Trigger) {
     put_i64(s, i64::from(t.job_id.0));
     put_i64(s, t.log_id.0);
     put_i64(s, t.log_date_time);
-    put_str(s, &t.handler);
+    match handler {
+        Some(n) => put_u64(s, n),
+        None => put_str(s, &t.handler),
+    }
     if let Some(p) = &t.params {
         put_str(s, p);
     }
@@ -290,12 +298,23 @@ fn put_trigger(s: &mut impl Sink, t: &Trigger) {
     put_i64(s, i64::from(t.shard_total));
 }
 
-fn trigger(r: &mut Reader<'_>) -> Result<Trigger, String> {
+/// Reads a trigger; `name_of` is `Some` when its handler is a number in the names table.
+fn trigger(
+    r: &mut Reader<'_>,
+    name_of: Option<&dyn Fn(u64) -> Option<String>>,
+) -> Result<Trigger, String> {
     let f = r.flags(T_PARAMS | T_TIMEOUT)?;
     let job_id = JobId(r.i32()?);
     let log_id = LogId(r.i64()?);
     let log_date_time = r.i64()?;
-    let handler = r.str()?;
+    let handler = match name_of {
+        Some(name_of) => {
+            let n = r.u64()?;
+            name_of(n)
+                .ok_or_else(|| r.err(&format!("handler number {n} is not in the names table")))?
+        }
+        None => r.str()?,
+    };
     let params = if f & T_PARAMS != 0 {
         Some(r.str()?)
     } else {
@@ -339,18 +358,21 @@ fn trigger(r: &mut Reader<'_>) -> Result<Trigger, String> {
 /// A large trigger's file: the format byte and the trigger.
 pub(in crate::store) fn put_bulk_trigger(s: &mut impl Sink, t: &Trigger) {
     s.put(&[FORMAT]);
-    put_trigger(s, t);
+    put_trigger(s, t, None);
 }
 
 pub(in crate::store) fn bulk_trigger(b: &[u8]) -> Result<Trigger, String> {
     let mut r = Reader::new(b, "params file")?;
-    let t = trigger(&mut r)?;
+    let t = trigger(&mut r, None)?;
     r.end()?;
     Ok(t)
 }
 
 // Run record: FORMAT, flags, state, trigger, accepted, then the optional fields in flag
-// order. Start and finish are deltas from acceptance (a byte or two instead of six).
+// order. Start and finish are deltas from acceptance (a byte or two instead of six). Under
+// [`FORMAT_NAMED`] the handler is its number in the names table (`names`) and acceptance a delta from
+// `logDateTime`: a run record is written twice and rewritten in sled's leaf rewrites, and
+// those 20 bytes were half of a short run's record.
 const R_STARTED: u64 = 1;
 const R_FINISHED: u64 = 1 << 1;
 const R_OUTCOME: u64 = 1 << 2;
@@ -361,7 +383,8 @@ const R_OUTBOX: u64 = 1 << 6;
 const R_BULK: u64 = 1 << 7;
 const R_ALL: u64 = (1 << 8) - 1;
 
-pub(in crate::store) fn run_record(rec: &RunRecord) -> Vec<u8> {
+/// `handler`: the handler's number in the names table, when it has one.
+pub(in crate::store) fn run_record(rec: &RunRecord, handler: Option<u64>) -> Vec<u8> {
     let mut f = 0;
     for (set, bit) in [
         (rec.started_ms.is_some(), R_STARTED),
@@ -381,11 +404,22 @@ pub(in crate::store) fn run_record(rec: &RunRecord) -> Vec<u8> {
         }
     }
     let mut s = Vec::with_capacity(64);
-    s.push(FORMAT);
+    s.push(if handler.is_some() {
+        FORMAT_NAMED
+    } else {
+        FORMAT
+    });
     put_u64(&mut s, f);
     s.push(state_tag(rec.state));
-    put_trigger(&mut s, &rec.trigger);
-    put_i64(&mut s, rec.accepted_ms);
+    put_trigger(&mut s, &rec.trigger, handler);
+    if handler.is_some() {
+        put_i64(
+            &mut s,
+            rec.accepted_ms.wrapping_sub(rec.trigger.log_date_time),
+        );
+    } else {
+        put_i64(&mut s, rec.accepted_ms);
+    }
     for t in [rec.started_ms, rec.finished_ms].into_iter().flatten() {
         put_i64(&mut s, t.wrapping_sub(rec.accepted_ms));
     }
@@ -411,16 +445,32 @@ pub(in crate::store) fn run_record(rec: &RunRecord) -> Vec<u8> {
     s
 }
 
-pub(in crate::store) fn run_record_of(b: &[u8]) -> Result<RunRecord, String> {
-    let mut r = Reader::new(b, "run record")?;
+/// `name_of`: the names table (see [`run_record`]).
+pub(in crate::store) fn run_record_of(
+    b: &[u8],
+    name_of: &dyn Fn(u64) -> Option<String>,
+) -> Result<RunRecord, String> {
+    let named = b.first() == Some(&FORMAT_NAMED);
+    let mut r = if named {
+        Reader {
+            b: &b[1..],
+            what: "run record",
+        }
+    } else {
+        Reader::new(b, "run record")?
+    };
     let f = r.flags(R_ALL)?;
     if f & R_OUTCOME_MSG != 0 && f & R_OUTCOME == 0 {
         return Err(r.err("outcome message without an outcome"));
     }
     let t = r.u8()?;
     let state = state_of(&r, t)?;
-    let trigger = trigger(&mut r)?;
-    let accepted_ms = r.i64()?;
+    let trigger = trigger(&mut r, named.then_some(name_of))?;
+    let accepted_ms = if named {
+        trigger.log_date_time.wrapping_add(r.i64()?)
+    } else {
+        r.i64()?
+    };
     let at = |r: &mut Reader<'_>, bit| -> Result<Option<i64>, String> {
         Ok(if f & bit != 0 {
             Some(accepted_ms.wrapping_add(r.i64()?))
@@ -568,4 +618,26 @@ pub(in crate::store) fn key_record_of(b: &[u8]) -> Result<KeyRecord, String> {
         succeeded,
         expires_ms,
     })
+}
+
+/// The handler names table: FORMAT, count, names in number order.
+pub(in crate::store) fn names(list: &[String]) -> Vec<u8> {
+    let mut s = vec![FORMAT];
+    put_u64(&mut s, list.len() as u64);
+    for n in list {
+        put_str(&mut s, n);
+    }
+    s
+}
+
+pub(in crate::store) fn names_of(b: &[u8]) -> Result<Vec<String>, String> {
+    let mut r = Reader::new(b, "handler names")?;
+    let n = r.u64()?;
+    // Each name takes at least its length byte: a count beyond the value is damage.
+    if n > r.b.len() as u64 {
+        return Err(r.err("more names than bytes"));
+    }
+    let list = (0..n).map(|_| r.str()).collect::<Result<Vec<_>, _>>()?;
+    r.end()?;
+    Ok(list)
 }
