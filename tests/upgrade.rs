@@ -291,8 +291,8 @@ async fn a_schema_1_store_is_migrated_and_its_work_goes_on() {
     let (schema, formats) = schema_and_formats(&site.data);
     assert_eq!(schema, 2u64.to_be_bytes());
     assert_eq!(formats.len(), 10 + 1, "10 runs and one key, no outbox left");
-    // Run records name their handler by number (format 0x03); the key stays 0x02.
-    assert!(formats[..10].iter().all(|&f| f == 0x03), "{formats:?}");
+    // Runs name their handler by number (0x03), the key record is plain schema 2 (0x02).
+    assert_eq!(formats[..10], [0x03; 10], "{formats:?}");
     assert_eq!(formats[10], 0x02, "{formats:?}");
     let (code, out) = site.state();
     assert_eq!(code, 0, "{out}");
