@@ -8,7 +8,8 @@
 //!   inodes on small flash;
 //! - `fleet_keys`: (key, logId) → the fleet-Redis lock a run holds, until it is settled (used
 //!   only with `keys.backend = "redis"`; see `fleet_keys` in the crate root);
-//! - `meta`: schema version, store id and pruned watermark (see [`anchor`]).
+//! - `meta`: schema version, store id and pruned watermark (see [`anchor`]), and the handler
+//!   names that run records refer to by number (`records::names`).
 //!
 //! Values of `runs`, `outbox` and `keys` are in the store's own encoding (schema 2, see
 //! `records::v2`); a schema-1 store (JSON values) is migrated in place at open (`migrate`).
