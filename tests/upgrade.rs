@@ -113,6 +113,47 @@ impl Proc {
         self.0.post(path, body).await.unwrap()
     }
 
+    /// A trigger (job, logId) keyed `order-42` is skipped because `holder` succeeded with that
+    /// key before the upgrade; an old (job, logId) sent again is refused as a repeat.
+    async fn old_key_and_log_id_hold(
+        &self,
+        admin: &FakeAdmin,
+        (job, log_id, holder): (i32, i64, i64),
+        (old_job, old_id): (i32, i64),
+    ) {
+        let r = self
+            .post(
+                "/run",
+                json!({"jobId": job, "executorHandler": "keyedJobHandler", "executorParams": "42",
+                       "logId": log_id, "logDateTime": 1717171717000i64, "glueType": "BEAN",
+                       "executorBlockStrategy": "SERIAL_EXECUTION"})
+                .to_string(),
+            )
+            .await;
+        assert_eq!(r["code"], 200, "{r}");
+        let cb = admin.callback(log_id).await;
+        assert_eq!(cb["handleCode"], 200, "{cb}");
+        assert_eq!(
+            cb["handleMsg"],
+            format!("skipped: idempotency key \"order-42\" matches logId:{holder}, which succeeded; nothing was run"),
+            "{cb}"
+        );
+        let r = self
+            .post(
+                "/run",
+                json!({"jobId": old_job, "executorHandler": "demoJobHandler", "logId": old_id,
+                       "logDateTime": 1717171717000i64, "glueType": "BEAN"})
+                .to_string(),
+            )
+            .await;
+        assert_eq!(r["code"], 500, "{r}");
+        assert_eq!(
+            r["msg"],
+            format!("repeat trigger job, logId:{old_id}"),
+            "{r}"
+        );
+    }
+
     async fn log(&self, log_id: i64) -> String {
         let r = self
             .post(
@@ -249,35 +290,10 @@ async fn a_schema_1_store_is_migrated_and_its_work_goes_on() {
         assert!(log.contains(needle), "logId {id} lacks {needle:?}:\n{log}");
     }
 
-    // The idempotency key of logId 108 (succeeded before the upgrade) still holds.
-    let r = p
-        .post(
-            "/run",
-            json!({"jobId": 6, "executorHandler": "keyedJobHandler", "executorParams": "42",
-                   "logId": 200, "logDateTime": 1717171717000i64, "glueType": "BEAN",
-                   "executorBlockStrategy": "SERIAL_EXECUTION"})
-            .to_string(),
-        )
+    // The idempotency key of logId 108 (succeeded before the upgrade) still holds, and old
+    // logIds are still known.
+    p.old_key_and_log_id_hold(&admin, (6, 200, 108), (5, 107))
         .await;
-    assert_eq!(r["code"], 200, "{r}");
-    let cb = admin.callback(200).await;
-    assert_eq!(cb["handleCode"], 200, "{cb}");
-    assert_eq!(
-        cb["handleMsg"],
-        "skipped: idempotency key \"order-42\" matches logId:108, which succeeded; nothing was run",
-        "{cb}"
-    );
-    // Old logIds are still known: sent again, they are refused.
-    let r = p
-        .post(
-            "/run",
-            json!({"jobId": 5, "executorHandler": "demoJobHandler", "logId": 107,
-                   "logDateTime": 1717171717000i64, "glueType": "BEAN"})
-            .to_string(),
-        )
-        .await;
-    assert_eq!(r["code"], 500, "{r}");
-    assert_eq!(r["msg"], "repeat trigger job, logId:107", "{r}");
 
     admin
         .wait_until("every callback delivered", |a| a.delivered().len() == 8)
@@ -491,35 +507,10 @@ async fn a_schema_2_store_of_the_first_formats_is_read_and_its_work_goes_on() {
     assert!(log210.contains("\nparams bytes: 70000\n"), "{log210}");
     assert!(log210.contains("\n000006999\n"), "{log210}");
 
-    // The idempotency key of logId 208 (succeeded before the upgrade) still holds.
-    let r = p
-        .post(
-            "/run",
-            json!({"jobId": 18, "executorHandler": "keyedJobHandler", "executorParams": "42",
-                   "logId": 220, "logDateTime": 1717171717000i64, "glueType": "BEAN",
-                   "executorBlockStrategy": "SERIAL_EXECUTION"})
-            .to_string(),
-        )
+    // The idempotency key of logId 208 (succeeded before the upgrade) still holds, and old
+    // logIds are still known.
+    p.old_key_and_log_id_hold(&admin, (18, 220, 208), (17, 207))
         .await;
-    assert_eq!(r["code"], 200, "{r}");
-    let cb = admin.callback(220).await;
-    assert_eq!(cb["handleCode"], 200, "{cb}");
-    assert_eq!(
-        cb["handleMsg"],
-        "skipped: idempotency key \"order-42\" matches logId:208, which succeeded; nothing was run",
-        "{cb}"
-    );
-    // Old logIds are still known: sent again, they are refused.
-    let r = p
-        .post(
-            "/run",
-            json!({"jobId": 17, "executorHandler": "demoJobHandler", "logId": 207,
-                   "logDateTime": 1717171717000i64, "glueType": "BEAN"})
-            .to_string(),
-        )
-        .await;
-    assert_eq!(r["code"], 500, "{r}");
-    assert_eq!(r["msg"], "repeat trigger job, logId:207", "{r}");
     // A new run after the upgrade.
     let r = p.0.run(21, "demoJobHandler", 221).await.unwrap();
     assert_eq!(r["code"], 200, "{r}");
