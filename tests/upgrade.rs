@@ -96,6 +96,17 @@ command = ["sh", "-c", "echo \"params bytes: $(wc -c < \"$XXL_JOB_PARAM_FILE\")\
     }
 }
 
+/// Each (logId, handleCode, handleMsg if given) was called back so.
+async fn called_back(admin: &FakeAdmin, expect: &[(i64, i64, Option<&str>)]) {
+    for &(id, code, msg) in expect {
+        let cb = admin.callback(id).await;
+        assert_eq!(cb["handleCode"], code, "logId {id}: {cb}");
+        if let Some(msg) = msg {
+            assert_eq!(cb["handleMsg"], msg, "logId {id}: {cb}");
+        }
+    }
+}
+
 /// The executor binary as a child process (`support::child`).
 struct Proc(support::child::Child);
 
@@ -264,13 +275,7 @@ async fn a_schema_1_store_is_migrated_and_its_work_goes_on() {
         (106, 200, Some("done with a message")),
         (110, 200, None),
     ];
-    for (id, code, msg) in expect {
-        let cb = admin.callback(id).await;
-        assert_eq!(cb["handleCode"], code, "logId {id}: {cb}");
-        if let Some(msg) = msg {
-            assert_eq!(cb["handleMsg"], msg, "logId {id}: {cb}");
-        }
-    }
+    called_back(&admin, &expect).await;
 
     // Logs written by the old release are served, and the runs' new lines after them.
     let log103 = p.log(103).await;
@@ -452,13 +457,7 @@ async fn a_schema_2_store_of_the_first_formats_is_read_and_its_work_goes_on() {
         (206, 200, Some("done with a message")),
         (210, 200, None),
     ];
-    for (id, code, msg) in expect {
-        let cb = admin.callback(id).await;
-        assert_eq!(cb["handleCode"], code, "logId {id}: {cb}");
-        if let Some(msg) = msg {
-            assert_eq!(cb["handleMsg"], msg, "logId {id}: {cb}");
-        }
-    }
+    called_back(&admin, &expect).await;
 
     // The old logs, line for line, then what this release appended to them (format 0x01
     // chunks after format 0x00 ones): the restart note, and "callback finish" once the
