@@ -263,9 +263,9 @@ impl Reporter {
         }
         match res {
             Ok(_) => {
-                // Not flushed on its own: the removal rides the next group commit (the next
-                // `/run`'s, or the log flusher's within `store.log_flush_ms`, which the
-                // "callback finish" lines below wait for). A crash before then sends these
+                // Not flushed on its own: the removal rides the next group commit, whenever
+                // one comes (the next `/run`'s or outcome's; the "callback finish" lines below
+                // do not make the log flusher flush either). A crash before then sends these
                 // callbacks once more, identical, and the admin ignores a repeated one; a flush
                 // per delivery was a third of a lone run's writes. Those lines are written
                 // after the removal, and sled recovers a prefix of its writes, so a "callback
