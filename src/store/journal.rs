@@ -97,14 +97,19 @@ impl Store {
             rec.state = RunState::Running;
             rec.started_ms = Some(now);
         }
+        let encoded = match rec.encode(&self.inner.names) {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(path) = file {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
+        };
         let inserted = self
             .inner
             .runs
-            .compare_and_swap(
-                run_key(trigger.log_id),
-                None::<&[u8]>,
-                Some(rec.encode(&self.inner.names)?),
-            )
+            .compare_and_swap(run_key(trigger.log_id), None::<&[u8]>, Some(encoded))
             .map_err(StoreError::from);
         match inserted {
             Ok(Ok(())) => Ok(()),
