@@ -418,6 +418,7 @@ impl Executor {
                     api::metrics_service(state.clone()),
                     stop_http.clone(),
                     conn_limits.clone(),
+                    None,
                 )))
             }
             None => None,
@@ -472,7 +473,7 @@ impl Executor {
         // default action): `systemctl reload` and habit send it to daemons.
         let hangup_watch = hangup.map(|h| tokio::spawn(log_hangups(h, stop_http.clone())));
         // Served in its own task: while the store is failed, `/run` still answers (500).
-        let http = tokio::spawn(api::serve::serve_tls(
+        let http = tokio::spawn(api::serve::serve(
             listener,
             api::service(state),
             stop_http.clone(),

@@ -10,7 +10,7 @@
 //! connections where [`serve`] accepts, the header-read and idle timeouts in [`TimedIo`], and a
 //! deadline on the graceful shutdown, so that no client can keep the process from stopping.
 //!
-//! With TLS ([`serve_tls`]) the handshake runs in the connection's own task, under the same
+//! With TLS (the `tls` argument of [`serve`]) the handshake runs in the connection's own task, under the same
 //! header-read timeout as the request head: the clock starts at accept and covers the handshake
 //! and the first head, so a client that stalls in the handshake is closed as one that stalls in
 //! its head is. The bytes it counts are the socket's ([`TimedIo`] sits under the TLS layer).
@@ -135,28 +135,10 @@ fn connection_cap(configured: usize, soft_limit: Option<u64>, reserve: u64) -> u
 /// finish the request it is in (idle keep-alive connections are closed), and returns once all
 /// are closed, or after `limits.shutdown_deadline`, dropping the connections left: a client
 /// cannot hold the shutdown up.
+///
+/// With `tls`, every connection is handshaken with the configuration in force when it was
+/// accepted (a reload changes new connections only).
 pub async fn serve<S, B>(
-    listener: TcpListener,
-    service: S,
-    shutdown: CancellationToken,
-    limits: ConnLimits,
-) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
-    serve_tls(listener, service, shutdown, limits, None).await;
-}
-
-/// [`serve`], with TLS on every connection when `tls` is given: each connection is handshaken
-/// with the configuration in force when it was accepted (a reload changes new connections
-/// only).
-pub async fn serve_tls<S, B>(
     listener: TcpListener,
     service: S,
     shutdown: CancellationToken,
@@ -637,7 +619,7 @@ mod tests {
         let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
             Ok::<_, Infallible>(Response::new(String::from("ok")))
         });
-        let task = tokio::spawn(serve_tls(listener, svc, stop.clone(), limits, Some(tls)));
+        let task = tokio::spawn(serve(listener, svc, stop.clone(), limits, Some(tls)));
 
         for hello in [HALF_HELLO, &[]] {
             let mut s = TcpStream::connect(addr).await.unwrap();

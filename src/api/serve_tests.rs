@@ -112,7 +112,7 @@ where
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     let svc = TowerToHyperService::new(warp::service(filter));
-    let task = tokio::spawn(serve(listener, svc, stop.clone(), limits));
+    let task = tokio::spawn(serve(listener, svc, stop.clone(), limits, None));
     (addr, stop, task)
 }
 
