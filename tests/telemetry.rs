@@ -5,79 +5,11 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use serde_json::{json, Value};
 use support::*;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::Layer;
 use xxl_edge::telemetry::traces;
-
-/// What the executor's log layer writes, for the test to read.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    /// Every JSON line written so far, as written.
-    fn raw_lines(&self) -> Vec<Value> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
-    }
-
-    /// Every JSON line written so far, with the event's fields at the top level whether or not
-    /// the format nests them under `fields`.
-    fn lines(&self) -> Vec<Value> {
-        self.raw_lines()
-            .into_iter()
-            .map(|mut l| {
-                if let Some(Value::Object(fields)) =
-                    l.as_object_mut().and_then(|o| o.remove("fields"))
-                {
-                    for (k, v) in fields {
-                        l[k] = v;
-                    }
-                }
-                l
-            })
-            .collect()
-    }
-
-    fn with_message(&self, message: &str) -> Vec<Value> {
-        self.lines()
-            .into_iter()
-            .filter(|l| l["message"] == message)
-            .collect()
-    }
-
-    /// Waits (bounded) for a line with this message and `log_id`.
-    async fn wait_for(&self, message: &str, log_id: i64) -> Value {
-        for _ in 0..1000 {
-            if let Some(l) = self
-                .with_message(message)
-                .into_iter()
-                .find(|l| l["log_id"] == log_id)
-            {
-                return l;
-            }
-            // Polling a condition: the line is written by a task the test cannot await.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("no {message:?} for logId {log_id}: {:?}", self.lines());
-    }
-}
 
 /// JSON logs at DEBUG into a buffer, for this (current-thread) test.
 fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
@@ -186,7 +118,7 @@ async fn a_runs_life_is_in_the_executors_log() {
     assert_eq!(ex.run(1, "demoJobHandler", 101, json!({})).await, ok());
     admin.callback(101).await;
     for message in ["Trigger accepted.", "Run started.", "Run finished."] {
-        let l = logs.wait_for(message, 101).await;
+        let l = logs.wait_for_run_line(message, 101).await;
         // As written, not only as read back: the message and fields are at the top level.
         let raw = logs
             .raw_lines()
@@ -199,13 +131,13 @@ async fn a_runs_life_is_in_the_executors_log() {
         assert_eq!(l["handler"], "demoJobHandler", "{l}");
     }
     assert_eq!(
-        logs.wait_for("Run finished.", 101).await["outcome"],
+        logs.wait_for_run_line("Run finished.", 101).await["outcome"],
         "success"
     );
 
     // Refused: unknown handler, at INFO.
     assert_eq!(ex.run(2, "nope", 201, json!({})).await["code"], 500);
-    let l = logs.wait_for("Trigger refused.", 201).await;
+    let l = logs.wait_for_run_line("Trigger refused.", 201).await;
     assert_eq!(l["level"], "INFO", "{l}");
     assert_eq!(l["handler"], "nope");
     assert_eq!(l["result"], "unknown_handler");
@@ -222,7 +154,7 @@ async fn a_runs_life_is_in_the_executors_log() {
         .await,
         ok()
     );
-    let l = logs.wait_for("Run failed.", 301).await;
+    let l = logs.wait_for_run_line("Run failed.", 301).await;
     assert_eq!(l["level"], "WARN", "{l}");
     assert_eq!(l["msg"], "no disk");
     assert_eq!(l["outcome"], "failed");
@@ -233,7 +165,7 @@ async fn a_runs_life_is_in_the_executors_log() {
             .await,
         ok()
     );
-    let l = logs.wait_for("Run timed out.", 401).await;
+    let l = logs.wait_for_run_line("Run timed out.", 401).await;
     assert_eq!(l["outcome"], "timeout");
     assert_eq!(l["level"], "DEBUG", "{l}");
 
@@ -241,7 +173,7 @@ async fn a_runs_life_is_in_the_executors_log() {
     assert_eq!(ex.run(5, "gateJobHandler", 501, json!({})).await, ok());
     probe.started(501).await;
     assert_eq!(ex.post("/kill", r#"{"jobId":5}"#).await, ok());
-    let l = logs.wait_for("Run killed.", 501).await;
+    let l = logs.wait_for_run_line("Run killed.", 501).await;
     assert_eq!(l["outcome"], "killed");
     assert_eq!(l["job_id"], 5);
     // No exporter here: no trace id is claimed.

@@ -537,39 +537,6 @@ otlp_traces_endpoint = "http://{addr}/v1/traces"
     }
 }
 
-/// What the executor's log layer writes, for the test to read.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    /// Waits (bounded) until the log holds `needle`.
-    async fn wait_for(&self, needle: &str) -> String {
-        for _ in 0..1000 {
-            let t = self.text();
-            if t.contains(needle) {
-                return t;
-            }
-            // Polling a condition: the line is written by a task the test cannot await.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("no {needle:?} in the log:\n{}", self.text());
-    }
-}
-
 /// An admin URL with credentials is shown without them on `/metrics`, in spans and in log
 /// lines (a live admin and a dead one, so that errors are logged too); the run's log lines
 /// carry the trace id of its exported trace.

@@ -553,3 +553,87 @@ pub async fn run_demo_and_await_callbacks(admin: &FakeAdmin, ex: &TestExecutor, 
         })
         .await;
 }
+
+/// What the executor's log layer writes, for a test to read (a `tracing` writer).
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Waits (bounded) until the log holds `needle`.
+    pub async fn wait_for(&self, needle: &str) -> String {
+        for _ in 0..1000 {
+            let t = self.text();
+            if t.contains(needle) {
+                return t;
+            }
+            // Polling a condition: the line is written by a task the test cannot await.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no {needle:?} in the log:\n{}", self.text());
+    }
+
+    /// Every JSON line written so far, as written.
+    pub fn raw_lines(&self) -> Vec<Value> {
+        self.text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// Every JSON line written so far, with the event's fields at the top level whether or not
+    /// the format nests them under `fields`.
+    pub fn lines(&self) -> Vec<Value> {
+        self.raw_lines()
+            .into_iter()
+            .map(|mut l| {
+                if let Some(Value::Object(fields)) =
+                    l.as_object_mut().and_then(|o| o.remove("fields"))
+                {
+                    for (k, v) in fields {
+                        l[k] = v;
+                    }
+                }
+                l
+            })
+            .collect()
+    }
+
+    /// The lines (see [`Captured::lines`]) whose message is `message`.
+    pub fn with_message(&self, message: &str) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l["message"] == message)
+            .collect()
+    }
+
+    /// Waits (bounded) for a line with this message and `log_id`.
+    pub async fn wait_for_run_line(&self, message: &str, log_id: i64) -> Value {
+        for _ in 0..1000 {
+            if let Some(l) = self
+                .with_message(message)
+                .into_iter()
+                .find(|l| l["log_id"] == log_id)
+            {
+                return l;
+            }
+            // Polling a condition: the line is written by a task the test cannot await.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no {message:?} for logId {log_id}: {:?}", self.lines());
+    }
+}
