@@ -218,17 +218,6 @@ fn msg(cb: &Value) -> String {
     cb["handleMsg"].as_str().unwrap_or("").to_string()
 }
 
-async fn run_log(dev: &Child, log_id: i64) -> String {
-    let r = dev
-        .post(
-            "/log",
-            format!(r#"{{"logId":{log_id},"logDateTim":0,"fromLineNum":1}}"#),
-        )
-        .await
-        .unwrap();
-    r["data"]["logContent"].as_str().unwrap_or("").to_string()
-}
-
 struct Fleet {
     admin: FakeAdmin,
     shared: tempfile::TempDir,
@@ -280,7 +269,7 @@ async fn the_same_key_runs_once_across_the_fleet_one_after_the_other() {
     trigger(&f.a, "work", 3, "seq").await;
     assert!(msg(&f.admin.callback(3).await).contains("matches logId:1 on dev-a"));
     assert_eq!(ran(f.shared.path()), vec![1]);
-    assert!(run_log(&f.b, 2).await.contains("matches logId:1 on dev-a"));
+    assert!(f.b.log(2).await.contains("matches logId:1 on dev-a"));
 
     // Calls by result, and their latency, with bounded labels only.
     let metrics = |c: &Child| {
@@ -465,7 +454,8 @@ async fn redis_down_with_unreachable_local_uses_the_device_keys_and_says_so() {
     let a = Child::start(&d.config).await;
     trigger(&a, "work", 1, "down").await;
     assert_eq!(code(&admin.callback(1).await), 200);
-    assert!(run_log(&a, 1)
+    assert!(a
+        .log(1)
         .await
         .contains("keys.unreachable is \"local\", so this device's own keys decide"));
     trigger(&a, "work", 2, "down").await;

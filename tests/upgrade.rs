@@ -166,13 +166,7 @@ impl Proc {
     }
 
     async fn log(&self, log_id: i64) -> String {
-        let r = self
-            .post(
-                "/log",
-                format!(r#"{{"logId":{log_id},"logDateTim":0,"fromLineNum":1}}"#),
-            )
-            .await;
-        r["data"]["logContent"].as_str().unwrap_or("").to_string()
+        self.0.log(log_id).await
     }
 
     /// The lines of a run's log (its first page: every log here is short).

@@ -183,6 +183,18 @@ impl Child {
         r.json().await.ok()
     }
 
+    /// The first page of a run's log.
+    pub async fn log(&self, log_id: i64) -> String {
+        let r = self
+            .post(
+                "/log",
+                format!(r#"{{"logId":{log_id},"logDateTim":0,"fromLineNum":1}}"#),
+            )
+            .await
+            .expect("the executor answers /log");
+        r["data"]["logContent"].as_str().unwrap_or("").to_string()
+    }
+
     /// `/run` of a BEAN handler.
     pub async fn run(&self, job: i32, handler: &str, log_id: i64) -> Option<Value> {
         self.post(
