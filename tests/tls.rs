@@ -15,10 +15,11 @@ use rcgen::{
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 
-use support::{child, ok, sample_handlers, FakeAdmin, Probe, GUARD};
+use support::{
+    child, ok, sample_handlers, test_config_toml, FakeAdmin, Probe, TestExecutor, GUARD,
+};
 
 /// A certificate authority made for one test.
 struct Ca {
@@ -88,30 +89,10 @@ fn install(dir: &Path, leaf: &Leaf) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// The executor's TOML: token `default_token`, TLS files and `extra` keys in `[executor]`.
+/// The executor's TOML: token `default_token`, data in `dir/data`, TLS files and other keys in
+/// `executor_extra`.
 fn config_toml(dir: &Path, admin: &str, executor_extra: &str, admin_extra: &str) -> String {
-    format!(
-        r#"
-[admin]
-addresses = ["{admin}"]
-access_token = "default_token"
-timeout_secs = 2
-{admin_extra}
-[executor]
-app_name = "xxl-job-executor-sample"
-ip = "127.0.0.1"
-listen = "127.0.0.1"
-port = 0
-data_dir = "{}"
-{executor_extra}
-[runner]
-kill_grace_secs = 0.5
-shutdown_grace_secs = 1
-[store]
-min_free_bytes = 0
-"#,
-        dir.join("data").display()
-    )
+    test_config_toml(&dir.join("data"), admin, admin_extra, executor_extra, "")
 }
 
 fn tls_keys(cert: &Path, key: &Path) -> String {
@@ -123,42 +104,22 @@ fn tls_keys(cert: &Path, key: &Path) -> String {
 }
 
 /// An executor in this process on 127.0.0.1:0 with its own config.
-struct Executor {
-    addr: SocketAddr,
-    stop: Arc<Notify>,
-    task: JoinHandle<()>,
-}
+struct Executor(TestExecutor);
 
 impl Executor {
     async fn start(toml: &str) -> Self {
         let cfg = xxl_edge::Config::validate(xxl_edge::Config::parse_toml(toml).unwrap()).unwrap();
         let probe = Probe::new();
-        let exec = sample_handlers(xxl_edge::Executor::builder().config(cfg), &probe)
-            .build()
-            .await
-            .expect("executor builds");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(Notify::new());
-        let s = stop.clone();
-        let task = tokio::spawn(async move {
-            exec.run(listener, async move { s.notified().await })
-                .await
-                .expect("executor runs");
-        });
-        Self { addr, stop, task }
+        let builder = sample_handlers(xxl_edge::Executor::builder().config(cfg), &probe);
+        Self(TestExecutor::start(builder).await)
     }
 
     fn url(&self, scheme: &str, path: &str) -> String {
-        format!("{scheme}://{}{path}", self.addr)
+        format!("{scheme}://{}{path}", self.0.addr)
     }
 
     async fn shutdown(self) {
-        self.stop.notify_one();
-        tokio::time::timeout(GUARD, self.task)
-            .await
-            .expect("shutdown finishes")
-            .expect("executor task ok");
+        self.0.shutdown().await;
     }
 }
 
@@ -287,11 +248,11 @@ async fn the_protocol_is_the_same_over_https() {
     let registered = reg
         .iter()
         .map(|c| c.body["registryValue"].as_str().unwrap().to_string())
-        .find(|v| v.contains(&tls.addr.port().to_string()))
+        .find(|v| v.contains(&tls.0.addr.port().to_string()))
         .expect("the TLS executor registered");
     assert_eq!(
         registered,
-        format!("https://127.0.0.1:{}/", tls.addr.port())
+        format!("https://127.0.0.1:{}/", tls.0.addr.port())
     );
 
     plain.shutdown().await;

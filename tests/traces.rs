@@ -480,24 +480,17 @@ async fn service_name_from_otel_resource_attributes() {
         std::fs::write(
             &config,
             format!(
-                r#"
-[admin]
-addresses = ["{}"]
-access_token = "default_token"
-[executor]
-app_name = "xxl-job-executor-sample"
-ip = "127.0.0.1"
-listen = "127.0.0.1"
-port = 0
-data_dir = "{}"
-[store]
+                r#"{head}[store]
 min_free_bytes = 0
 [telemetry]
 otlp_traces_endpoint = "http://{addr}/v1/traces"
 {configured}
 "#,
-                admin.url(),
-                dir.path().join("data").display()
+                head = child::config_head(
+                    &admin.url(),
+                    "xxl-job-executor-sample",
+                    &dir.path().join("data")
+                ),
             ),
         )
         .unwrap();

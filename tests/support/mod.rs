@@ -356,32 +356,46 @@ pub fn sample_handlers(b: ExecutorBuilder, probe: &Probe) -> ExecutorBuilder {
 
 /// A test config: token `default_token`, data in `dir`, admin at `admin`.
 pub fn test_config(dir: &std::path::Path, admin: &str, extra_toml: &str) -> Config {
+    let toml = test_config_toml(dir, admin, "", "", extra_toml);
+    Config::validate(Config::parse_toml(&toml).unwrap()).unwrap()
+}
+
+/// [`test_config`]'s TOML, with `admin_extra` keys in `[admin]` and `executor_extra` keys in
+/// `[executor]`.
+pub fn test_config_toml(
+    dir: &std::path::Path,
+    admin: &str,
+    admin_extra: &str,
+    executor_extra: &str,
+    extra_toml: &str,
+) -> String {
     // Fast kill grace and shutdown for tests, unless the test sets its own [runner].
     let runner = if extra_toml.contains("[runner]") {
         ""
     } else {
         "[runner]\nkill_grace_secs = 0.5\nshutdown_grace_secs = 1\n"
     };
-    let toml = format!(
+    format!(
         r#"
 [admin]
 addresses = ["{admin}"]
 access_token = "default_token"
 timeout_secs = 2
+{admin_extra}
 [executor]
 app_name = "xxl-job-executor-sample"
 ip = "127.0.0.1"
 listen = "127.0.0.1"
 port = 0
 data_dir = "{}"
+{executor_extra}
 {runner}
 [store]
 min_free_bytes = 0
 {extra_toml}
 "#,
         dir.display()
-    );
-    Config::validate(Config::parse_toml(&toml).unwrap()).unwrap()
+    )
 }
 
 /// An executor serving on 127.0.0.1:0.
