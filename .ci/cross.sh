@@ -237,24 +237,30 @@ probe_unwind() {   # T B QEMU -> echo ok/FAIL
 # ---------------------------------------------------------------------------------------------
 # Smoke test: serve on 127.0.0.1, /beat, /run of a command handler, /log until it ended, SIGTERM.
 SMOKE_MSG=""; FIRST_BEAT=""; RSS=""
-smoke() {   # T B QEMU PORT BINARY -> returns 0/1, sets SMOKE_MSG FIRST_BEAT RSS
-  local T=$1 B=$2 Q=$3 port=$4 bin=$5
-  local data=/tmp/xxl-edge-smoke-$T cfg=/tmp/xxl-edge-smoke-$T.toml log=$LOGDIR/smoke-$T.log
-  local pid t0 r i st
-  SMOKE_MSG=""; FIRST_BEAT="-"; RSS="-"
-  rm -rf "$data"
-  cat >"$cfg" <<EOF
+smoke_config() {   # PORT DATA_DIR -> the [admin] and [executor] tables both smoke tests start with
+  cat <<EOF
 [admin]
 addresses = ["http://127.0.0.1:9/xxl-job-admin"]
 access_token = "smoke"
 timeout_secs = 1
 [executor]
 listen = "127.0.0.1"
-port = $port
-data_dir = "$data"
+port = $1
+data_dir = "$2"
+EOF
+}
+
+smoke() {   # T B QEMU PORT BINARY -> returns 0/1, sets SMOKE_MSG FIRST_BEAT RSS
+  local T=$1 B=$2 Q=$3 port=$4 bin=$5
+  local data=/tmp/xxl-edge-smoke-$T cfg=/tmp/xxl-edge-smoke-$T.toml log=$LOGDIR/smoke-$T.log
+  local pid t0 r i st
+  SMOKE_MSG=""; FIRST_BEAT="-"; RSS="-"
+  rm -rf "$data"
+  { smoke_config "$port" "$data"; cat <<EOF
 [handlers.echo]
 command = ["/bin/sh", "-c", "echo smoke-\$XXL_JOB_PARAM"]
 EOF
+  } >"$cfg"
   t0=$(date +%s%N)
   # shellcheck disable=SC2086  # $Q is a word list on purpose
   "${NOPROXY_ENV[@]}" $Q "$bin" serve --config "$cfg" >"$log" 2>&1 &
@@ -312,18 +318,11 @@ smoke_tls() {   # T QEMU PORT BINARY -> returns 0/1, sets TLS_MSG TLS_RSS
       -keyout "$dir/key.pem" -out "$dir/cert.pem" >"$log" 2>&1; then
     TLS_MSG="openssl could not make the test certificate (see $log)"; return 1
   fi
-  cat >"$dir/xxl-edge.toml" <<EOF
-[admin]
-addresses = ["http://127.0.0.1:9/xxl-job-admin"]
-access_token = "smoke"
-timeout_secs = 1
-[executor]
-listen = "127.0.0.1"
-port = $port
-data_dir = "$dir/data"
+  { smoke_config "$port" "$dir/data"; cat <<EOF
 tls_cert = "$dir/cert.pem"
 tls_key = "$dir/key.pem"
 EOF
+  } >"$dir/xxl-edge.toml"
   # shellcheck disable=SC2086  # $Q is a word list on purpose
   "${NOPROXY_ENV[@]}" $Q "$bin" serve --config "$dir/xxl-edge.toml" >>"$log" 2>&1 &
   pid=$!; LIVE_PID=$pid
