@@ -122,8 +122,9 @@ fn text(out: Vec<u8>) -> String {
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// The text of one line of format `0x01`; `prev` is the text of the line before it.
-fn decode(line: &[u8], prev: Option<&str>) -> String {
+/// The text of one line of format `0x01`; `prev_time` is the time the line before it started
+/// with, if it did.
+fn decode(line: &[u8], prev_time: Option<&[u8]>) -> String {
     let mut out = Vec::with_capacity(line.len() * 2);
     let mut line = line;
     match line.split_first() {
@@ -144,7 +145,7 @@ fn decode(line: &[u8], prev: Option<&str>) -> String {
         }
         Some((&SAME_TIME, rest)) => {
             // A damaged chunk (no line before, or one without a time) keeps what there is.
-            if let Some(t) = prev.and_then(|p| time_of(p.as_bytes())) {
+            if let Some(t) = prev_time {
                 out.extend_from_slice(t);
             }
             line = rest;
@@ -221,17 +222,16 @@ fn chunk_lines(v: &[u8]) -> (Format, impl Iterator<Item = &[u8]>) {
 /// The texts of a stored value's lines, in order.
 fn chunk_texts(v: &[u8]) -> impl Iterator<Item = String> + '_ {
     let (format, lines) = chunk_lines(v);
-    let mut prev: Option<String> = None;
-    lines.map(move |line| {
-        let text = match format {
-            Format::V2 => decode(line, prev.as_deref()),
-            Format::V1 => decode_v1(line),
-            Format::Line => String::from_utf8_lossy(line).into_owned(),
-        };
-        if format == Format::V2 {
-            prev = Some(text.clone());
+    // Only the time of the line before is kept, not a copy of each line.
+    let mut prev_time: Option<[u8; TIME_LEN]> = None;
+    lines.map(move |line| match format {
+        Format::V2 => {
+            let text = decode(line, prev_time.as_ref().map(|t| &t[..]));
+            prev_time = time_of(text.as_bytes()).and_then(|t| t.try_into().ok());
+            text
         }
-        text
+        Format::V1 => decode_v1(line),
+        Format::Line => String::from_utf8_lossy(line).into_owned(),
     })
 }
 
