@@ -5,7 +5,8 @@
 //! `{"code":200}` (the ceiling on this machine). Also the footprint: start to first `/beat`,
 //! resident memory idle and with 10,000 triggers queued, threads.
 //!
-//! `cargo bench --bench e2e` (env: `E2E_RUNS`, `E2E_CONNS`, `E2E_JOBS`, `E2E_STEADY_SECS`).
+//! `cargo bench --bench e2e` (env: `E2E_RUNS`, `E2E_CONNS`, `E2E_JOBS`, `E2E_STEADY_SECS`;
+//! `E2E_BIN` runs another build of the binary, for A/B comparisons of two builds on one day).
 //! Traffic goes to 127.0.0.1 only; every loop is bounded in count and time.
 
 use std::io::BufRead;
@@ -131,7 +132,8 @@ min_free_bytes = 0
     )
     .unwrap();
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
+    let bin = std::env::var_os("E2E_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_xxl-edge").into());
+    let mut child = Command::new(bin)
         .args(["serve", "--log-json", "--config"])
         .arg(&cfg)
         .env("RUST_LOG", "info")
@@ -203,6 +205,23 @@ async fn flushes(addr: SocketAddr) -> u64 {
 fn write_bytes(pid: u32) -> u64 {
     proc_field(pid, "io", "write_bytes:")
 }
+
+/// CPU time the process has used (user + system, all threads), in clock ticks: per run, a
+/// figure that a busy VM disturbs less than runs/s.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux whatever the kernel's HZ).
+const CLK_TCK: f64 = 100.0;
 
 fn body(job: u64, log: u64, handler: &str) -> String {
     format!(
@@ -399,12 +418,17 @@ async fn run() {
         let admin = fake_admin().await;
         let (ex, _) = start_exec(admin.addr, extra);
         let pid = ex.child.id();
-        let (flushes0, written0, size0) =
-            (flushes(ex.addr).await, write_bytes(pid), ex.store_bytes());
+        let (flushes0, written0, size0, cpu0) = (
+            flushes(ex.addr).await,
+            write_bytes(pid),
+            ex.store_bytes(),
+            cpu_ticks(pid),
+        );
         let start = Instant::now();
         let load = drive(ex.addr, runs, conns, jobs, 1).await;
         let done = wait_callbacks(&admin, load.accepted, Duration::from_secs(300)).await;
         let total = start.elapsed();
+        let cpu = cpu_ticks(pid).saturating_sub(cpu0) as f64 / CLK_TCK;
         let e2e = load.accepted as f64 / total.as_secs_f64();
         // What the store cost per run: the figures behind "what bounds the throughput".
         let per_run = |a: u64, b: u64| b.saturating_sub(a) as f64 / load.accepted.max(1) as f64;
@@ -413,6 +437,12 @@ async fn run() {
             per_run(flushes0, flushes(ex.addr).await),
             per_run(written0, write_bytes(pid)),
             per_run(size0, ex.store_bytes()),
+        );
+        println!(
+            "{name}: executor CPU {:.0} µs per run ({:.2} of {} cores busy)",
+            cpu * 1e6 / load.accepted.max(1) as f64,
+            cpu / total.as_secs_f64(),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         println!(
             "{name}: /run {:.0}/s (p50 {}, p99 {}), {} accepted; end to end (accepted -> callback acknowledged) {:.0} runs/s{}; peak RSS {} kB",

@@ -380,7 +380,12 @@ impl Runner {
             .queue_wait
             .with_label_values(&[&label])
             .observe(accepted_at.elapsed().as_secs_f64());
-        let log = inner.logs.open(t.log_id);
+        // Accepted by this process's `/run` (not recovered): its log is new.
+        let log = if admitted.0.is_some() {
+            inner.logs.open_new(t.log_id)
+        } else {
+            inner.logs.open(t.log_id)
+        };
         match self.prepare_run(w, &t, admitted).await {
             Prep::Run => {}
             Prep::Duplicate | Prep::Refused => return,
