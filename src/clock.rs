@@ -15,16 +15,43 @@ pub fn now_ms() -> i64 {
 
 /// `yyyy-MM-dd HH:mm:ss` in UTC, the reference's log line prefix.
 pub fn format_ts(ms: i64) -> String {
+    let mut s = String::with_capacity(19);
+    push_ts(&mut s, ms);
+    s
+}
+
+/// Appends [`format_ts`]'s text to `out`: each log line starts with it, and the `format!`
+/// machinery was a measurable part of writing a run's lines under load.
+pub fn push_ts(out: &mut String, ms: i64) {
     let secs = ms.div_euclid(1000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    match u32::try_from(y) {
+        Ok(y) if y <= 9999 => {
+            push2(out, y / 100);
+            push2(out, y % 100);
+        }
+        _ => out.push_str(&format!("{y:04}")),
+    }
+    // `rem` is below 86,400: the casts cannot truncate.
+    let rem = rem as u32;
+    for (sep, v) in [
+        ('-', m),
+        ('-', d),
+        (' ', rem / 3600),
+        (':', (rem % 3600) / 60),
+        (':', rem % 60),
+    ] {
+        out.push(sep);
+        push2(out, v);
+    }
+}
+
+/// Two decimal digits of `v` (below 100).
+fn push2(out: &mut String, v: u32) {
+    out.push(char::from(b'0' + (v / 10 % 10) as u8));
+    out.push(char::from(b'0' + (v % 10) as u8));
 }
 
 /// Howard Hinnant's algorithm: days since 1970-01-01 to (year, month, day).
@@ -50,5 +77,28 @@ mod tests {
         assert_eq!(format_ts(0), "1970-01-01 00:00:00");
         assert_eq!(format_ts(1_717_171_717_000), "2024-05-31 16:08:37");
         assert_eq!(format_ts(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(format_ts(-1), "1969-12-31 23:59:59");
+        assert_eq!(format_ts(253_402_300_800_000), "10000-01-01 00:00:00");
+    }
+
+    /// The digit writer says what `format!` said before it, over many instants.
+    #[test]
+    fn writes_what_format_wrote() {
+        let by_format = |ms: i64| {
+            let secs = ms.div_euclid(1000);
+            let rem = secs.rem_euclid(86_400);
+            let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+            format!(
+                "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+                rem / 3600,
+                (rem % 3600) / 60,
+                rem % 60
+            )
+        };
+        let mut ms = -62_135_596_800_000i64; // year 1
+        while ms < 4_102_444_800_000 {
+            assert_eq!(format_ts(ms), by_format(ms), "{ms}");
+            ms += 86_399_999 * 7 + 12_345;
+        }
     }
 }

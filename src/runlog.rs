@@ -40,9 +40,9 @@ const LINE_OVERHEAD: u64 = 16;
 /// of bounded size (sled keeps large values out of line, at a cost) and memory stays bounded.
 const CHUNK_BYTES: usize = 32 * 1024;
 
-/// How many ended logs' last line numbers are remembered (see `Shared::ended`): about 80 KiB
-/// at most. Past it the memory is cleared and the next opens ask the store, which is slower,
-/// never wrong.
+/// How many ended logs' last line numbers are remembered (see `Shared::ended`): about 100 KiB
+/// at most. Past it the oldest are forgotten and their next opens ask the store, which is
+/// slower, never wrong.
 const ENDED_KEPT: usize = 4096;
 
 /// The logs of live runs; cheap to clone.
@@ -59,7 +59,7 @@ struct Shared {
     /// reporter's "callback finish" follows each run's end, and finding the last line in the
     /// store (a reverse range scan in sled) was ~7 % of the executor's CPU under load.
     /// Lock order: `live`, then this.
-    ended: Mutex<HashMap<LogId, u32>>,
+    ended: Mutex<Ended>,
     unflushed_writes: Arc<Unflushed>,
     /// Called when a line cannot be written (counted and logged by the owner).
     on_error: Box<dyn Fn(&StoreError) + Send + Sync>,
@@ -88,6 +88,10 @@ struct LogInner {
     cap: u64,
     truncated: AtomicBool,
     unflushed_writes: Arc<Unflushed>,
+    /// Leave the last line number in `Shared::ended` when the last handle goes; off after
+    /// "callback finish", after which a log is rarely opened again (it would only crowd out
+    /// the runs whose callbacks are still on their way).
+    remember_end: AtomicBool,
 }
 
 /// Chunks written to the store that may not be on disk yet.
@@ -102,6 +106,30 @@ struct Unflushed {
     /// handle dropped by the reporter right after "callback finish" writes it there, and the
     /// crash test saw `/log` serve the line unflushed and a restart take it back.
     in_flight: AtomicUsize,
+}
+
+/// The last line numbers of logs whose last handle went, the oldest forgotten first.
+#[derive(Default)]
+struct Ended {
+    last: HashMap<LogId, u32>,
+    /// In the order remembered; may still name logs taken since (bounded all the same).
+    order: VecDeque<LogId>,
+}
+
+impl Ended {
+    fn take(&mut self, id: LogId) -> Option<u32> {
+        self.last.remove(&id)
+    }
+
+    fn remember(&mut self, id: LogId, last: u32) {
+        if self.order.len() >= ENDED_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.last.remove(&old);
+            }
+        }
+        self.order.push_back(id);
+        self.last.insert(id, last);
+    }
 }
 
 /// Lines written but not yet in the store.
@@ -130,7 +158,7 @@ impl RunLogs {
                 store,
                 cap,
                 live: Mutex::new(HashMap::new()),
-                ended: Mutex::new(HashMap::new()),
+                ended: Mutex::new(Ended::default()),
                 unflushed_writes: Arc::default(),
                 on_error: Box::new(on_error),
             }),
@@ -157,7 +185,7 @@ impl RunLogs {
         // Nobody writes this log now: every earlier line is in the store (appends are
         // synchronous), so the store's last line is the truth, and so is what the last
         // handle left (it wrote its lines before it left it).
-        let ended = lock(&self.inner.ended).remove(&log_id);
+        let ended = lock(&self.inner.ended).take(log_id);
         let last = match known_last.or(ended) {
             Some(n) => n,
             None => match self.inner.store.last_log_line(log_id) {
@@ -182,6 +210,7 @@ impl RunLogs {
             cap: self.inner.cap,
             unflushed_writes: self.inner.unflushed_writes.clone(),
             truncated: AtomicBool::new(false),
+            remember_end: AtomicBool::new(true),
         });
         live.insert(log_id, Arc::downgrade(&inner));
         RunLog { inner }
@@ -306,12 +335,10 @@ impl Drop for LogInner {
                 .is_some_and(|w| w.strong_count() == 0)
             {
                 live.remove(&self.log_id);
-                let last = lock(&self.pending).next.saturating_sub(1);
-                let mut ended = lock(&shared.ended);
-                if ended.len() >= ENDED_KEPT {
-                    ended.clear();
+                if self.remember_end.load(Ordering::Relaxed) {
+                    let last = lock(&self.pending).next.saturating_sub(1);
+                    lock(&shared.ended).remember(self.log_id, last);
                 }
-                ended.insert(self.log_id, last);
             }
         }
     }
@@ -366,10 +393,14 @@ impl RunLog {
     }
 
     fn system_with(&self, text: &str, bounded: bool) {
-        let prefix = clock::format_ts(clock::now_ms());
+        let now = clock::now_ms();
         for (i, l) in text.split('\n').enumerate() {
             if i == 0 {
-                self.append_with(&format!("{prefix} [xxl-edge] {l}"), bounded);
+                let mut line = String::with_capacity(31 + l.len());
+                clock::push_ts(&mut line, now);
+                line.push_str(" [xxl-edge] ");
+                line.push_str(l);
+                self.append_with(&line, bounded);
             } else {
                 self.append_with(l, bounded);
             }
@@ -435,6 +466,7 @@ impl RunLog {
     /// that flush was a third of what each run wrote (three 4 KiB flushes instead of two).
     /// `/log` still flushes before it shows the line, so a crash cannot take it back.
     pub(crate) fn callback_finish(&self) {
+        self.inner.remember_end.store(false, Ordering::Relaxed);
         self.system_with("<br>----------- xxl-job job callback finish.", false);
     }
 
@@ -581,8 +613,8 @@ mod tests {
     }
 
     /// A log reopened after its last handle went continues after its last line, whether
-    /// the line number is remembered from that handle or, once the memory of ended logs was
-    /// cleared, found in the store.
+    /// the line number is remembered from that handle or, once it was forgotten, found in the
+    /// store.
     #[tokio::test]
     async fn a_reopened_log_continues_after_its_last_line_remembered_or_not() {
         let (_d, store, logs) = logs(1 << 20).await;
@@ -593,24 +625,32 @@ mod tests {
                 .unwrap()
                 .unwrap()
         };
+        let remembered = |id: i64| lock(&logs.inner.ended).last.contains_key(&LogId(id));
         let log = logs.open_new(LogId(5));
         log.start(None);
         log.write_line("a\nb");
         drop(log);
-        assert!(lock(&logs.inner.ended).contains_key(&LogId(5)));
+        assert!(remembered(5));
         logs.open(LogId(5)).callback_finish();
         let p = page(5);
         assert_eq!(p.to, 4);
         assert!(p.lines[3].ends_with("callback finish."), "{:?}", p.lines);
-        // Enough other logs end to clear the memory: the store answers.
+        assert!(
+            !remembered(5),
+            "taken, and not left again after the callback's line"
+        );
+        // Remembered again, then forgotten as enough other logs end: the store answers.
+        drop(logs.open(LogId(5)));
+        assert!(remembered(5));
         for id in 100..100 + ENDED_KEPT as i64 {
             drop(logs.open_new(LogId(id)));
         }
-        assert!(!lock(&logs.inner.ended).contains_key(&LogId(5)));
+        assert!(!remembered(5) && remembered(100 + ENDED_KEPT as i64 - 1));
         logs.open(LogId(5)).note("after");
         let p = page(5);
         assert_eq!((p.to, p.lines.len()), (5, 5), "{:?}", p.lines);
-        assert!(lock(&logs.inner.ended).len() <= ENDED_KEPT);
+        let e = lock(&logs.inner.ended);
+        assert!(e.last.len() <= ENDED_KEPT && e.order.len() <= ENDED_KEPT);
     }
 
     /// Issue 9 #14: params of newlines were a system line outside the cap.
