@@ -178,6 +178,9 @@ struct Inner {
     pending_removals: std::sync::Mutex<Vec<PathBuf>>,
     cfg: StoreConfig,
     outbox_len: AtomicU64,
+    /// No run the journal held since it was opened has a larger logId (see
+    /// [`Store::has_run`]); raised before each record is written.
+    max_run: std::sync::atomic::AtomicI64,
     flush_tx: mpsc::UnboundedSender<commit::FlushRequest>,
     /// The flush epoch read after the last recorded outcome (see [`Store::outcome_written`]).
     outcomes_epoch: AtomicU64,

@@ -130,6 +130,10 @@ impl Store {
         remove_orphans(&runs, &names, &bulk_dir);
         private_files(&dir);
         let outbox_len = outbox.len() as u64;
+        let max_run = match runs.last().map_err(|e| unusable(e.to_string()))? {
+            Some((k, _)) => super::records::run_id(&k).map_or(i64::MAX, |id| id.0),
+            None => i64::MIN,
+        };
         let dir_shown = dir.display().to_string();
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
@@ -145,6 +149,7 @@ impl Store {
             pending_removals: std::sync::Mutex::new(Vec::new()),
             cfg,
             outbox_len: AtomicU64::new(outbox_len),
+            max_run: std::sync::atomic::AtomicI64::new(max_run),
             flush_tx,
             on_flush: std::sync::OnceLock::new(),
             flushes_begun: AtomicU64::new(0),

@@ -12,6 +12,34 @@ fn trig(id: i64) -> Trigger {
     Trigger::for_test(id)
 }
 
+/// `has_run` skips sled for a logId above every one the journal held, and only then: after
+/// a reopen (the highest is read back), for negative logIds, and for an outcome recorded
+/// for a run that had no record.
+#[tokio::test]
+async fn has_run_looks_up_what_is_not_above_the_highest_logid() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), cfg()).unwrap();
+        assert!(!s.has_run(LogId(i64::MIN)).unwrap(), "empty");
+        s.insert_accepted(&trig(-7), false).unwrap();
+        assert!(s.has_run(LogId(-7)).unwrap());
+        assert!(!s.has_run(LogId(-8)).unwrap() && !s.has_run(LogId(-6)).unwrap());
+        s.insert_accepted(&trig(10), false).unwrap();
+        // A recovered trigger whose record was lost gets one when its outcome is recorded.
+        s.finish(&trig(20), &Outcome::success(), OutcomeKind::Success, None)
+            .unwrap();
+        assert!(s.has_run(LogId(20)).unwrap());
+        s.synced().await.unwrap();
+    }
+    let s = Store::open(dir.path(), cfg()).unwrap();
+    for (id, held) in [(-7, true), (10, true), (20, true), (15, false), (21, false)] {
+        assert_eq!(s.has_run(LogId(id)).unwrap(), held, "{id}");
+    }
+    // Below the highest, a logId is looked up even when the journal forgot it.
+    s.insert_accepted(&trig(5), false).unwrap();
+    assert!(s.has_run(LogId(5)).unwrap());
+}
+
 #[tokio::test]
 async fn journal_outbox_and_logs_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
