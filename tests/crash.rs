@@ -5,137 +5,14 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc as std_mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::child::Child;
 use support::*;
-
-/// The executor binary as a child process.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    lines: std_mpsc::Receiver<Value>,
-    client: reqwest::Client,
-}
-
-impl Proc {
-    /// Starts `xxl-edge serve --config FILE --log-json` and waits for its "started" event.
-    async fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xxl-edge"))
-            .args(["serve", "--log-json", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = std_mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        // Drained continuously so the executor never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let v = serde_json::from_str(&line).unwrap_or(json!({"raw": line}));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let addr = tokio::task::spawn_blocking(move || {
-            let deadline = std::time::Instant::now() + GUARD;
-            loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                let v: Value = rx
-                    .recv_timeout(left)
-                    .unwrap_or_else(|e| panic!("executor did not start: {e}"));
-                if v.get("raw").is_some() || v["level"] == "ERROR" {
-                    eprintln!("executor: {v}");
-                }
-                if v["message"] == "xxl-edge executor started." {
-                    let addr = v["listen"].as_str().unwrap().parse().unwrap();
-                    return (addr, rx);
-                }
-            }
-        })
-        .await
-        .unwrap();
-        Self {
-            child,
-            addr: addr.0,
-            lines: addr.1,
-            client: reqwest::Client::new(),
-        }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        drop(self.lines);
-    }
-
-    async fn sigterm(mut self) -> std::process::ExitStatus {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        tokio::task::spawn_blocking(move || self.child.wait().unwrap())
-            .await
-            .unwrap()
-    }
-
-    async fn post(&self, path: &str, body: String) -> Option<Value> {
-        let r = self
-            .client
-            .post(format!("http://{}{}", self.addr, path))
-            .header("XXL-JOB-ACCESS-TOKEN", "default_token")
-            .body(body)
-            .send()
-            .await
-            .ok()?;
-        r.json().await.ok()
-    }
-
-    async fn run(&self, job: i32, handler: &str, log_id: i64) -> Option<Value> {
-        self.post(
-            "/run",
-            json!({"jobId": job, "executorHandler": handler, "logId": log_id,
-                   "logDateTime": 1717171717000i64, "glueType": "BEAN",
-                   "executorBlockStrategy": "SERIAL_EXECUTION"})
-            .to_string(),
-        )
-        .await
-    }
-
-    async fn log(&self, log_id: i64) -> String {
-        let r = self
-            .post(
-                "/log",
-                format!(r#"{{"logId":{log_id},"logDateTim":0,"fromLineNum":1}}"#),
-            )
-            .await
-            .unwrap();
-        r["data"]["logContent"].as_str().unwrap_or("").to_string()
-    }
-
-    async fn wait_log(&self, log_id: i64, needle: &str) {
-        let deadline = tokio::time::Instant::now() + GUARD;
-        while !self.log(log_id).await.contains(needle) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "log {log_id} never showed {needle:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
 
 /// A data dir, a config pointing at `admin_url`, and the handlers the scenarios use:
 /// `gate` runs until the file `go` exists; `fast` appends its logId to `ran.txt`.
@@ -212,7 +89,7 @@ fn code_of(items: &[Value]) -> i64 {
 async fn kill9_while_queued_and_running_then_restart() {
     let admin = FakeAdmin::start().await;
     let site = Site::new(&admin.url(), "");
-    let p = Proc::start(&site.config).await;
+    let p = Child::start(&site.config).await;
     assert_eq!(p.run(1, "gate", 1).await.unwrap()["code"], 200);
     p.wait_log(1, "started").await;
     for id in 2..=4 {
@@ -227,11 +104,11 @@ async fn kill9_while_queued_and_running_then_restart() {
         .await;
     // The finish line is written once the acknowledgement is on disk.
     p.wait_log(10, "callback finish.").await;
-    p.kill9();
+    p.kill9().await;
     // Let the orphaned command of run 1 (its own process group) and the queued ones finish.
     site.open_gate();
 
-    let p = Proc::start(&site.config).await;
+    let p = Child::start(&site.config).await;
     admin
         .wait_until("every callback", |a| {
             let d = a.delivered();
@@ -271,7 +148,7 @@ async fn kill9_while_queued_with_large_params_then_restart() {
     let params_dir = site.dir.join("data/store/params");
     let files = || std::fs::read_dir(&params_dir).unwrap().count();
     let big = "x".repeat(1 << 20);
-    let p = Proc::start(&site.config).await;
+    let p = Child::start(&site.config).await;
     let run = |id: i64, params: &str| {
         json!({"jobId": 1, "executorHandler": "gate_size", "logId": id,
                "executorParams": params, "logDateTime": 1717171717000i64, "glueType": "BEAN",
@@ -283,10 +160,10 @@ async fn kill9_while_queued_with_large_params_then_restart() {
     assert_eq!(files(), 0, "small params stay in the journal");
     assert_eq!(p.post("/run", run(2, &big)).await.unwrap()["code"], 200);
     assert_eq!(files(), 1, "1 MiB params are in a file");
-    p.kill9();
+    p.kill9().await;
     site.open_gate();
 
-    let p = Proc::start(&site.config).await;
+    let p = Child::start(&site.config).await;
     admin
         .wait_until("callbacks 1 and 2", |a| {
             let d = a.delivered();
@@ -314,13 +191,13 @@ async fn kill9_with_callbacks_pending_and_the_admin_down() {
     probe.shutdown();
     let url = format!("http://{admin_addr}/xxl-job-admin");
     let site = Site::new(&url, "");
-    let p = Proc::start(&site.config).await;
+    let p = Child::start(&site.config).await;
     for id in 1..=120 {
         assert_eq!(p.run(id as i32 % 7, "fast", id).await.unwrap()["code"], 200);
     }
     p.wait_log(120, "execute end").await;
-    p.kill9();
-    let p = Proc::start(&site.config).await;
+    p.kill9().await;
+    let p = Child::start(&site.config).await;
     // More work while the admin is still away.
     for id in 121..=130 {
         assert_eq!(p.run(3, "fast", id).await.unwrap()["code"], 200);
@@ -368,7 +245,7 @@ async fn kill9_with_callbacks_pending_and_the_admin_down() {
 async fn state_reads_the_store_while_stopped_and_a_corrupt_store_refuses_to_start() {
     let admin = FakeAdmin::start().await;
     let site = Site::new(&admin.url(), "");
-    let p = Proc::start(&site.config).await;
+    let p = Child::start(&site.config).await;
     assert_eq!(p.run(1, "fast", 1).await.unwrap()["code"], 200);
     admin
         .wait_until("callback", |a| a.delivered().contains_key(&1))
@@ -471,22 +348,22 @@ async fn relaxed_mode_never_calls_back_what_a_crash_can_lose() {
 
     // The admin takes the callback but the executor dies before it hears the answer.
     admin.set_mode(AdminMode::Hang);
-    let p = Proc::start(&site.config).await;
+    let p = Child::start(&site.config).await;
     assert_eq!(p.run(1, "fast", 1).await.unwrap()["code"], 200);
     admin
         .wait_until("callback 1", |a| a.delivered().contains_key(&1))
         .await;
-    p.kill9();
+    p.kill9().await;
     admin.set_mode(AdminMode::Ok);
-    let p = Proc::start(&site.config).await;
+    let p = Child::start(&site.config).await;
     let r = p.run(1, "fast", 1).await.unwrap();
     assert_eq!(r["msg"], "repeat trigger job, logId:1");
     // Acknowledged and flushed: a crash now must not send it again.
     assert_eq!(p.run(1, "fast", 2).await.unwrap()["code"], 200);
     p.wait_log(2, "callback finish.").await;
-    p.kill9();
+    p.kill9().await;
 
-    let p = Proc::start(&site.config).await;
+    let p = Child::start(&site.config).await;
     // The outbox is FIFO: anything left for 1 or 2 would come before the result of 3.
     assert_eq!(p.run(1, "fast", 3).await.unwrap()["code"], 200);
     admin
@@ -509,7 +386,7 @@ async fn trigger_command_runs_a_handler_and_reports_its_result() {
         &admin.url(),
         "[handlers.bad]\ncommand = [\"sh\", \"-c\", \"echo nope; exit 4\"]\n",
     );
-    let p = Proc::start(&site.config).await;
+    let p = Child::start(&site.config).await;
     let url = format!("http://{}", p.addr);
     let run = |name: &'static str| {
         let url = url.clone();
@@ -614,7 +491,7 @@ async fn soak_kill_restart_under_load() {
         }));
     }
     for round in 0..rounds {
-        let p = Proc::start(&site.config).await;
+        let p = Child::start(&site.config).await;
         *target.lock().unwrap() = Some(p.addr);
         if round + 1 < rounds {
             // Kill in the middle of the stream, after this round accepted some triggers.
@@ -627,7 +504,7 @@ async fn soak_kill_restart_under_load() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             *target.lock().unwrap() = None;
-            p.kill9();
+            p.kill9().await;
         } else {
             for s in senders.drain(..) {
                 s.await.unwrap();
@@ -694,11 +571,11 @@ async fn soak_kill_restart_under_load() {
 async fn a_taken_port_stops_the_process_before_any_recovered_run_starts() {
     let admin = FakeAdmin::start().await;
     let site = Site::new(&admin.url(), "");
-    let p = Proc::start(&site.config).await;
+    let p = Child::start(&site.config).await;
     assert_eq!(p.run(1, "gate", 1).await.unwrap()["code"], 200);
     p.wait_log(1, "started").await;
     assert_eq!(p.run(1, "gate", 2).await.unwrap()["code"], 200);
-    p.kill9();
+    p.kill9().await;
 
     // The next start finds its metrics port taken and must stop without running run 2.
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -726,7 +603,7 @@ async fn a_taken_port_stops_the_process_before_any_recovered_run_starts() {
     // runs now and succeeds.
     std::fs::write(&site.config, plain).unwrap();
     site.open_gate();
-    let p = Proc::start(&site.config).await;
+    let p = Child::start(&site.config).await;
     admin
         .wait_until("callbacks 1 and 2", |a| {
             let d = a.delivered();
@@ -761,7 +638,7 @@ async fn a_running_jobs_output_survives_kill9() {
         ),
     )
     .unwrap();
-    let p = Proc::start(&site.config).await;
+    let p = Child::start(&site.config).await;
     assert_eq!(p.run(1, "tick", 1).await.unwrap()["code"], 200);
     let marker = site.dir.join(tmp_marker);
     let deadline = tokio::time::Instant::now() + GUARD;
@@ -773,9 +650,9 @@ async fn a_running_jobs_output_survives_kill9() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Not one `/log` before the crash: that would flush by itself.
-    p.kill9();
+    p.kill9().await;
     site.open_gate();
-    let p = Proc::start(&site.config).await;
+    let p = Child::start(&site.config).await;
     admin
         .wait_until("callback 1", |a| a.delivered().contains_key(&1))
         .await;
@@ -791,12 +668,12 @@ async fn a_line_log_has_shown_survives_kill9() {
     let admin = FakeAdmin::start().await;
     // The periodic flush is out of the way: only `/log`'s own flush can keep the line.
     let site = Site::with_store(&admin.url(), "log_flush_ms = 3600000", "");
-    let p = Proc::start(&site.config).await;
+    let p = Child::start(&site.config).await;
     assert_eq!(p.run(1, "gate", 1).await.unwrap()["code"], 200);
     p.wait_log(1, "started").await;
-    p.kill9();
+    p.kill9().await;
     site.open_gate();
-    let p = Proc::start(&site.config).await;
+    let p = Child::start(&site.config).await;
     admin
         .wait_until("callback 1", |a| a.delivered().contains_key(&1))
         .await;

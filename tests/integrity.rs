@@ -44,14 +44,12 @@ impl Proc {
     }
 
     async fn kill9(self) {
-        self.0.signal(nix::sys::signal::Signal::SIGKILL);
-        assert!(self.0.exited_within(GUARD).await.is_some(), "not killed");
+        self.0.kill9().await;
     }
 
     async fn sigterm(self) {
-        self.0.signal(nix::sys::signal::Signal::SIGTERM);
-        let st = self.0.exited_within(GUARD).await;
-        assert!(st.is_some_and(|s| s.success()), "serve stopped with {st:?}");
+        let st = self.0.sigterm().await;
+        assert!(st.success(), "serve stopped with {st:?}");
     }
 
     async fn run(&self, log_id: i64, log_date_time: i64) -> Value {

@@ -194,8 +194,7 @@ impl Proc {
     }
 
     async fn sigterm(self) -> std::process::ExitStatus {
-        self.0.signal(nix::sys::signal::Signal::SIGTERM);
-        self.0.exited_within(GUARD).await.expect("serve stopped")
+        self.0.sigterm().await
     }
 }
 

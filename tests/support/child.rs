@@ -168,6 +168,18 @@ impl Child {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig);
     }
 
+    /// `kill -9`, and waits (bounded) until the process is gone.
+    pub async fn kill9(self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        assert!(self.exited_within(GUARD).await.is_some(), "not killed");
+    }
+
+    /// SIGTERM, and the exit status of the stop that follows (bounded by [`GUARD`]).
+    pub async fn sigterm(self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.exited_within(GUARD).await.expect("serve stopped")
+    }
+
     /// POSTs with the test token; `None` when the process does not answer (gone, or no answer
     /// within [`GUARD`]).
     pub async fn post(&self, path: &str, body: String) -> Option<Value> {
@@ -193,6 +205,22 @@ impl Child {
             .await
             .expect("the executor answers /log");
         r["data"]["logContent"].as_str().unwrap_or("").to_string()
+    }
+
+    /// Waits (bounded by [`GUARD`]) until the first page of a run's log contains `needle`.
+    pub async fn wait_log(&self, log_id: i64, needle: &str) {
+        let deadline = tokio::time::Instant::now() + GUARD;
+        loop {
+            let log = self.log(log_id).await;
+            if log.contains(needle) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "log {log_id} never showed {needle:?}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `/run` of a BEAN handler.
