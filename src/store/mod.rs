@@ -186,6 +186,9 @@ struct Inner {
     outcomes_epoch: AtomicU64,
     /// Outcomes between [`Store::outcome_begins`] and [`Store::outcome_written`].
     outcomes_writing: AtomicU64,
+    /// A background flush request is on its way to the flush thread, which has not yet begun
+    /// the flush that serves it (see `Store::flush_in_background`).
+    background_flush_queued: std::sync::atomic::AtomicBool,
     on_flush: std::sync::OnceLock<FlushObserver>,
     /// Flushes begun and flushes completed successfully, in order (one flush at a time): a
     /// write made when `flushes_begun` was `n` is on disk once `flushes_done > n`.

@@ -155,6 +155,7 @@ impl Store {
             flushes_begun: AtomicU64::new(0),
             outcomes_epoch: AtomicU64::new(0),
             outcomes_writing: AtomicU64::new(0),
+            background_flush_queued: std::sync::atomic::AtomicBool::new(false),
             flushes_done: AtomicU64::new(0),
             integrity,
             health: Default::default(),
