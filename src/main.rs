@@ -20,6 +20,12 @@ mod cli;
 
 use cli::{Cli, Cmd, ConfigArgs, ServeArgs, StateArgs, TriggerArgs};
 
+/// glibc builds only (Cargo.toml says why): the musl device builds keep musl's allocator, which
+/// fits their idle-memory budget.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EX_USAGE: u8 = 64;
 /// The handler name of the admin's sample job.
 const DEMO_HANDLER: &str = "demoJobHandler";
