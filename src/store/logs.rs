@@ -24,6 +24,8 @@
 //! The table is part of the on-disk format: append to it (at most 16), never change or reorder
 //! it.
 
+use std::ops::RangeInclusive;
+
 use super::records::log_key;
 use super::{Result, Store};
 use crate::job::LogId;
@@ -117,6 +119,22 @@ fn encode_into(out: &mut Vec<u8>, text: &str, prev: Option<&str>) {
     }
 }
 
+/// A chunk of format `0x01` holding `lines` (none of which holds a `\n`).
+fn encode_chunk<S: AsRef<str>>(lines: &[S]) -> Vec<u8> {
+    let len = lines.iter().map(|l| l.as_ref().len() + 1).sum::<usize>();
+    let mut v = Vec::with_capacity(len + 1);
+    v.push(CHUNK_V2);
+    let mut prev = None;
+    for l in lines {
+        if prev.is_some() {
+            v.push(b'\n');
+        }
+        encode_into(&mut v, l.as_ref(), prev);
+        prev = Some(l.as_ref());
+    }
+    v
+}
+
 /// Text from bytes that were text when written (a damaged value keeps what is readable).
 fn text(out: Vec<u8>) -> String {
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
@@ -152,12 +170,27 @@ fn decode(line: &[u8], prev_time: Option<&[u8]>) -> String {
         }
         _ => {}
     }
+    decode_codes(&mut out, line, ESCAPE, PHRASE_BASE..=0x1F);
+    text(out)
+}
+
+/// The text of one line of format `0x00`.
+fn decode_v1(line: &[u8]) -> String {
+    let mut out = Vec::with_capacity(line.len() * 2);
+    decode_codes(&mut out, line, V1_ESCAPE, V1_PHRASE_BASE..=V1_ESCAPE - 1);
+    text(out)
+}
+
+/// Appends `line` to `out` with its escapes and phrase bytes undone: `escape` keeps the byte
+/// after it, a byte in `phrases` stands for `PHRASES[byte - phrases.start()]` (the two formats
+/// differ only in these bytes).
+fn decode_codes(out: &mut Vec<u8>, line: &[u8], escape: u8, phrases: RangeInclusive<u8>) {
     let mut it = line.iter();
     while let Some(&c) = it.next() {
         match c {
-            ESCAPE => out.extend(it.next()),
-            c if c >= PHRASE_BASE && is_code(c) => {
-                match PHRASES.get(usize::from(c - PHRASE_BASE)) {
+            c if c == escape => out.extend(it.next()),
+            c if phrases.contains(&c) => {
+                match PHRASES.get(usize::from(c - phrases.start())) {
                     Some(p) => out.extend_from_slice(p.as_bytes()),
                     // A byte this build has no phrase for (a newer release wrote it): kept.
                     None => out.push(c),
@@ -166,26 +199,6 @@ fn decode(line: &[u8], prev_time: Option<&[u8]>) -> String {
             c => out.push(c),
         }
     }
-    text(out)
-}
-
-/// The text of one line of format `0x00`.
-fn decode_v1(line: &[u8]) -> String {
-    let mut out = Vec::with_capacity(line.len() * 2);
-    let mut it = line.iter();
-    while let Some(&c) = it.next() {
-        match c {
-            V1_ESCAPE => out.extend(it.next()),
-            c if (V1_PHRASE_BASE..V1_ESCAPE).contains(&c) => {
-                match PHRASES.get(usize::from(c - V1_PHRASE_BASE)) {
-                    Some(p) => out.extend_from_slice(p.as_bytes()),
-                    None => out.push(c),
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    text(out)
 }
 
 /// A page of a run's log.
@@ -258,18 +271,9 @@ impl Store {
         if lines.is_empty() {
             return Ok(());
         }
-        let len = lines.iter().map(|l| l.as_ref().len() + 1).sum::<usize>();
-        let mut v = Vec::with_capacity(len + 1);
-        v.push(CHUNK_V2);
-        let mut prev = None;
-        for l in lines {
-            if prev.is_some() {
-                v.push(b'\n');
-            }
-            encode_into(&mut v, l.as_ref(), prev);
-            prev = Some(l.as_ref());
-        }
-        self.inner.logs.insert(log_key(id, first), v)?;
+        self.inner
+            .logs
+            .insert(log_key(id, first), encode_chunk(lines))?;
         Ok(())
     }
 
@@ -383,7 +387,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::{chunk_texts, encode_into, CHUNK_V2};
+    use super::{chunk_texts, encode_chunk};
     use crate::job::LogId;
     use crate::store::Store;
 
@@ -414,20 +418,6 @@ mod tests {
         chunk_texts(v).collect()
     }
 
-    /// A chunk of format `0x01` as the store writes it.
-    fn encode(ls: &[&str]) -> Vec<u8> {
-        let mut v = vec![CHUNK_V2];
-        let mut prev = None;
-        for l in ls {
-            if prev.is_some() {
-                v.push(b'\n');
-            }
-            encode_into(&mut v, l, prev);
-            prev = Some(*l);
-        }
-        v
-    }
-
     #[test]
     fn values_of_every_format_split_into_lines() {
         assert_eq!(lines(b"\x01a\n\nb"), ["a", "", "b"]);
@@ -451,7 +441,7 @@ mod tests {
         let out = "2026-11-28 21:00:00 [xxl-edge] XXL-JOB, Hello World.";
         let end = "2026-11-28 21:00:01 [xxl-edge] <br>----------- xxl-job job execute end(finish) -----------<br>----------- Result: handleCode=200, handleMsg = null";
         let done = "2026-11-28 21:00:01 [xxl-edge] <br>----------- xxl-job job callback finish.";
-        let v = encode(&[start, out, end, done]);
+        let v = encode_chunk(&[start, out, end, done]);
         // Two packed times (8 bytes each), two repeated ones (1 byte each).
         assert_eq!(
             v.len(),
@@ -475,18 +465,21 @@ mod tests {
             "0000-00-00 00:00:00中",
         ];
         for text in odd {
-            let v = encode(&[text]);
+            let v = encode_chunk(&[text]);
             assert_eq!(lines(&v), [text], "{v:?}");
         }
-        assert_eq!(lines(&encode(&odd)), odd);
+        assert_eq!(lines(&encode_chunk(&odd)), odd);
         // Every byte value, in and out.
         let all: String = (0u8..=0x7f)
             .filter(|&b| b != b'\n')
             .map(char::from)
             .collect();
-        assert_eq!(lines(&encode(&[&all])), std::slice::from_ref(&all));
+        assert_eq!(lines(&encode_chunk(&[&all])), std::slice::from_ref(&all));
         let timed = format!("2026-11-28 21:00:00{all}");
-        assert_eq!(lines(&encode(&[&timed, &timed])), [timed.clone(), timed]);
+        assert_eq!(
+            lines(&encode_chunk(&[&timed, &timed])),
+            [timed.clone(), timed]
+        );
     }
 
     /// Damaged chunks read as far as they can, never panic.
