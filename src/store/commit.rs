@@ -185,13 +185,6 @@ pub(super) fn group_commit(
             }
         }
         let began = std::time::Instant::now();
-        // Before the flush begins: a background request made after this is sent anew and
-        // served by the next one; one made before is carried by this flush.
-        if let Some(strong) = inner.upgrade() {
-            strong
-                .background_flush_queued
-                .store(false, Ordering::SeqCst);
-        }
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             if covered(&w) {
@@ -204,6 +197,12 @@ pub(super) fn group_commit(
         let Some(strong) = inner.upgrade() else {
             return;
         };
+        // Before the flush begins: a background request made after this is sent anew and
+        // served by the next flush; one made before is carried by this one (while the flag
+        // was set, no other was sent).
+        strong
+            .background_flush_queued
+            .store(false, Ordering::SeqCst);
         let res = flush_and_remove(&strong).map_err(|e| e.to_string());
         if let Err(e) = &res {
             super::health::fail(&strong, e);
