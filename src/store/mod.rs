@@ -45,6 +45,7 @@ mod anchor;
 mod bulk;
 mod commit;
 mod health;
+mod held;
 mod journal;
 mod keys;
 mod logs;
@@ -178,9 +179,8 @@ struct Inner {
     pending_removals: std::sync::Mutex<Vec<PathBuf>>,
     cfg: StoreConfig,
     outbox_len: AtomicU64,
-    /// No run the journal held since it was opened has a larger logId (see
-    /// [`Store::has_run`]); raised before each record is written.
-    max_run: std::sync::atomic::AtomicI64,
+    /// The logIds written since open above the highest held then (see [`Store::has_run`]).
+    held: held::Held,
     flush_tx: mpsc::UnboundedSender<commit::FlushRequest>,
     /// The flush epoch read after the last recorded outcome (see [`Store::outcome_written`]).
     outcomes_epoch: AtomicU64,

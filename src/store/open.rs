@@ -130,7 +130,7 @@ impl Store {
         remove_orphans(&runs, &names, &bulk_dir);
         private_files(&dir);
         let outbox_len = outbox.len() as u64;
-        let max_run = match runs.last().map_err(|e| unusable(e.to_string()))? {
+        let highest = match runs.last().map_err(|e| unusable(e.to_string()))? {
             Some((k, _)) => super::records::run_id(&k).map_or(i64::MAX, |id| id.0),
             None => i64::MIN,
         };
@@ -149,7 +149,7 @@ impl Store {
             pending_removals: std::sync::Mutex::new(Vec::new()),
             cfg,
             outbox_len: AtomicU64::new(outbox_len),
-            max_run: std::sync::atomic::AtomicI64::new(max_run),
+            held: super::held::Held::new(highest),
             flush_tx,
             on_flush: std::sync::OnceLock::new(),
             flushes_begun: AtomicU64::new(0),

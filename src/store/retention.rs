@@ -98,6 +98,7 @@ impl Store {
             for (k, id, rec) in chunk.drain(..) {
                 self.remove_log(id)?;
                 self.inner.runs.remove(k)?;
+                self.inner.held.remove(id.0);
                 // Normally gone since the run finished; a crash can have kept it.
                 if let Some(rec) = rec {
                     self.remove_after_flush(&rec);

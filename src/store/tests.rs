@@ -12,11 +12,12 @@ fn trig(id: i64) -> Trigger {
     Trigger::for_test(id)
 }
 
-/// `has_run` skips sled for a logId above every one the journal held, and only then: after
-/// a reopen (the highest is read back), for negative logIds, and for an outcome recorded
-/// for a run that had no record.
+/// `has_run` answers from memory for a logId above every one the journal held at open, and
+/// stays exact: after a reopen (the highest is read back), for negative logIds, for logIds
+/// that arrive out of order, for an outcome recorded for a run that had no record, and for a
+/// run forgotten again.
 #[tokio::test]
-async fn has_run_looks_up_what_is_not_above_the_highest_logid() {
+async fn has_run_answers_from_memory_only_what_memory_knows() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = Store::open(dir.path(), cfg()).unwrap();
@@ -35,9 +36,25 @@ async fn has_run_looks_up_what_is_not_above_the_highest_logid() {
     for (id, held) in [(-7, true), (10, true), (20, true), (15, false), (21, false)] {
         assert_eq!(s.has_run(LogId(id)).unwrap(), held, "{id}");
     }
-    // Below the highest, a logId is looked up even when the journal forgot it.
+    // Below the highest at open, a logId is looked up even when the journal forgot it.
     s.insert_accepted(&trig(5), false).unwrap();
     assert!(s.has_run(LogId(5)).unwrap());
+    // Above it, out of order, and forgotten when `/run` fails after all.
+    for id in [30, 25, 27] {
+        s.insert_accepted(&trig(id), false).unwrap();
+    }
+    s.forget_accepted(LogId(27)).unwrap();
+    for (id, held) in [
+        (24, false),
+        (25, true),
+        (26, false),
+        (27, false),
+        (30, true),
+    ] {
+        assert_eq!(s.has_run(LogId(id)).unwrap(), held, "{id}");
+    }
+    s.insert_accepted(&trig(27), false).unwrap();
+    assert!(s.has_run(LogId(27)).unwrap());
 }
 
 #[tokio::test]
