@@ -244,19 +244,26 @@ enum Served {
 }
 
 /// SIGTERM is what systemd and `kill` send; SIGINT is Ctrl-C on a console. Both stop gracefully.
-async fn shutdown_signal() {
+///
+/// The handlers are installed here, when it is called, not when the future is first polled:
+/// the executor polls it from a task of its own, which under load ran after "started" was
+/// logged, and a SIGTERM in between met the default action and ended the process at once
+/// (found by `tests/network.rs` in a full `.ci/test` run).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
+    async move {
+        match (term, int) {
+            (Ok(mut t), Ok(mut i)) => {
+                tokio::select! {
+                    _ = t.recv() => {}
+                    _ = i.recv() => {}
+                }
             }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
