@@ -220,6 +220,19 @@ fn cpu_ticks(pid: u32) -> u64 {
     f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
 }
 
+/// Time the hypervisor ran something else while this VM's CPUs wanted to run (`steal` in the
+/// first line of `/proc/stat`, all CPUs), in clock ticks: printed with the steady-rate tail,
+/// which on a shared VM moves with it more than with the build.
+fn steal_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu = stat.lines().next().unwrap_or_default();
+    // "cpu  user nice system idle iowait irq softirq steal ..."
+    cpu.split_whitespace()
+        .nth(8)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux whatever the kernel's HZ).
 const CLK_TCK: f64 = 100.0;
 
@@ -454,11 +467,13 @@ async fn run() {
             if done.is_none() { " (callbacks incomplete!)" } else { "" },
             proc_status(pid, "VmHWM:")
         );
+        let steal0 = steal_ticks();
         let (p50, p99) = steady(ex.addr, 1000, steady_secs, 10_000_000).await;
         println!(
-            "{name}: steady 1,000 triggers/s for {steady_secs} s: /run p50 {}, p99 {}",
+            "{name}: steady 1,000 triggers/s for {steady_secs} s: /run p50 {}, p99 {} (the VM's steal time meanwhile: {:.0} ms)",
             ms(p50),
-            ms(p99)
+            ms(p99),
+            steal_ticks().saturating_sub(steal0) as f64 * 1000.0 / CLK_TCK
         );
         results.push((name, e2e, load.rate));
         drop(ex);
