@@ -47,15 +47,18 @@ impl Held {
     }
 
     /// Called before a record for `id` is written (so a racing repeat is refused here, or
-    /// by the write's compare-and-swap).
-    pub(super) fn add(&self, id: i64) {
+    /// by the write's compare-and-swap). True when `id` was not kept before.
+    pub(super) fn add(&self, id: i64) -> bool {
         let mut g = self.lock();
-        if id <= g.floor || !g.ids.insert(id) || g.ids.len() <= HELD_KEPT {
-            return;
+        if id <= g.floor || !g.ids.insert(id) {
+            return false;
         }
-        if let Some(oldest) = g.ids.pop_first() {
-            g.floor = oldest;
+        if g.ids.len() > HELD_KEPT {
+            if let Some(oldest) = g.ids.pop_first() {
+                g.floor = oldest;
+            }
         }
+        true
     }
 
     /// The record of `id` was removed, or its write failed.
@@ -73,10 +76,9 @@ mod tests {
         let h = Held::new(10);
         assert_eq!(h.knows(10), None);
         assert_eq!(h.knows(11), Some(false));
-        h.add(5);
+        assert!(!h.add(5));
         assert_eq!(h.knows(5), None, "below the floor: not kept");
-        h.add(13);
-        h.add(12);
+        assert!(h.add(13) && h.add(12) && !h.add(12));
         assert_eq!(
             (h.knows(12), h.knows(13), h.knows(14)),
             (Some(true), Some(true), Some(false))

@@ -59,8 +59,9 @@ impl Store {
     }
 
     /// Called before a run's record is written: [`Store::has_run`] says yes from now on.
-    fn holds_run(&self, id: LogId) {
-        self.inner.held.add(id.0);
+    /// False when memory already said so (another writer of this logId came first).
+    fn holds_run(&self, id: LogId) -> bool {
+        self.inner.held.add(id.0)
     }
 
     /// Reads one run, as the journal holds it: a large trigger (see [`RunRecord::bulk`]) comes
@@ -116,7 +117,7 @@ impl Store {
                 return Err(e);
             }
         };
-        self.holds_run(trigger.log_id);
+        let added = self.holds_run(trigger.log_id);
         let inserted = self
             .inner
             .runs
@@ -132,7 +133,10 @@ impl Store {
                 Err(StoreError::Duplicate(trigger.log_id))
             }
             Err(e) => {
-                self.inner.held.remove(trigger.log_id.0);
+                // Only what this call added: a racing duplicate's record may be written.
+                if added {
+                    self.inner.held.remove(trigger.log_id.0);
+                }
                 if let Some(path) = file {
                     let _ = std::fs::remove_file(path);
                 }
