@@ -312,13 +312,10 @@ impl Store {
                 None => return Ok(last.map_or(0, |(k, v)| last_line_of(&k, &v))),
             }
         }
-        Ok(match range.next_back() {
-            Some(item) => {
-                let (k, v) = item?;
-                last_line_of(&k, &v)
-            }
-            None => last.map_or(0, |(k, v)| last_line_of(&k, &v)),
-        })
+        if let Some(item) = range.next_back() {
+            last = Some(item?);
+        }
+        Ok(last.map_or(0, |(k, v)| last_line_of(&k, &v)))
     }
 
     /// Reads lines `from..` of a run's log, bounded by line count and bytes. `None` when the
