@@ -342,9 +342,7 @@ async fn a_storage_fault_ends_in_a_restart_that_calls_back_every_accepted_run_on
     next_id += 1;
     assert_eq!(ex.run(1, "demoJobHandler", next_id).await, Some(ok()));
     assert_eq!(admin.callback(next_id).await["handleCode"], 200);
-    ex.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = ex.exited_within(GUARD).await.expect("a graceful stop");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(ex.sigterm().await.code(), Some(0));
 }
 
 /// Issue 8: SIGTERM no longer finished once the store had failed. It now ends the process within
@@ -415,8 +413,7 @@ async fn a_start_on_a_full_disk_is_a_storage_fault_not_a_damaged_store() {
     let ex = child::Child::start(&config).await;
     assert_eq!(ex.run(1, "demoJobHandler", 1).await, Some(ok()));
     admin.callback(1).await;
-    ex.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(ex.exited_within(GUARD).await.unwrap().code(), Some(0));
+    assert_eq!(ex.sigterm().await.code(), Some(0));
 
     let filler = fill_up(mnt.path());
     let out = a_start_that_fails(&config).await;
@@ -454,8 +451,7 @@ async fn a_start_on_a_read_only_data_dir_is_a_storage_fault() {
     let ex = child::Child::start(&config).await;
     assert_eq!(ex.run(1, "demoJobHandler", 1).await, Some(ok()));
     admin.callback(1).await;
-    ex.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(ex.exited_within(GUARD).await.unwrap().code(), Some(0));
+    assert_eq!(ex.sigterm().await.code(), Some(0));
 
     let remount = |mode: &str| {
         let ok = Command::new("mount")

@@ -115,8 +115,7 @@ async fn the_soft_open_file_limit_is_raised_at_start() {
     let ex = Child::start_after("ulimit -S -n 200", &cfg).await;
     let (soft, hard) = open_files_limits(ex.pid);
     assert_eq!(soft, 336, "hard limit {hard}; log:\n{}", ex.log_text());
-    ex.signal(Signal::SIGTERM);
-    assert_eq!(ex.exited_within(GUARD).await.unwrap().code(), Some(0));
+    assert_eq!(ex.sigterm().await.code(), Some(0));
 }
 
 /// Issue 10 #2: more idle connections than the open-file limit allows made `/beat` and `/run`
@@ -150,8 +149,7 @@ async fn idle_connections_past_the_open_file_limit_do_not_keep_the_admin_out() {
     assert_eq!(cb["handleCode"], 200, "{cb}");
     assert_eq!(ex.post("/beat", String::new()).await.unwrap()["code"], 200);
     drop(idle);
-    ex.signal(Signal::SIGTERM);
-    assert_eq!(ex.exited_within(GUARD).await.unwrap().code(), Some(0));
+    assert_eq!(ex.sigterm().await.code(), Some(0));
 }
 
 /// Sends `raw` on a new connection and reads what comes back until the server closes (or 8 KiB

@@ -402,8 +402,7 @@ async fn a_broken_new_certificate_keeps_the_old_one() {
     })
     .await;
     assert_eq!(leaf_now().await, second.der);
-    ex.signal(Signal::SIGTERM);
-    assert!(ex.exited_within(GUARD).await.is_some_and(|s| s.success()));
+    assert!(ex.sigterm().await.success());
 }
 
 /// Without TLS, SIGHUP (what `systemctl reload` sends) is logged and the executor keeps serving
@@ -426,8 +425,7 @@ async fn sighup_without_tls_is_logged_and_the_executor_serves_on() {
     .await;
     let beat = ex.post("/beat", String::new()).await;
     assert_eq!(beat, Some(ok()), "still serving after SIGHUP");
-    ex.signal(Signal::SIGTERM);
-    assert!(ex.exited_within(GUARD).await.is_some_and(|s| s.success()));
+    assert!(ex.sigterm().await.success());
 }
 
 /// A log line's message (`--log-json` puts it at the top level).
