@@ -2,9 +2,11 @@
 //! `tests/fixtures/`, made by that release's own store code, see their README) is read by this
 //! one, and the work it held goes on: queued runs run, the interrupted one is called back as
 //! such, waiting callbacks are delivered, the idempotency key holds, old logs are served.
-//! - schema 1 (JSON records) is migrated to schema 2 at the first start;
+//! - schema 1 (JSON records) is migrated to schema 2, then 3, at the first start;
 //! - schema 2 as its first releases wrote it (run records in format 0x02, log chunks in format
-//!   0x00) is read as it is, beside the records and chunks this release writes (0x03, 0x01).
+//!   0x00) is migrated to schema 3: its waiting callbacks move from the outbox tree into their
+//!   runs' records; its other records and chunks are read as they are, beside the records and
+//!   chunks this release writes (0x03, 0x01).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -25,6 +27,7 @@ const FIXTURE_V2_V0: &str = concat!(
     "/tests/fixtures/schema2-v0-store.tar.gz"
 );
 const MIGRATED: &str = "Migrated the store from schema 1 to schema 2.";
+const MIGRATED_3: &str = "Migrated the store from schema 2 to schema 3.";
 const RESTARTED: &str = "xxl-edge restarted during the run: the executor stopped (crash, kill -9 or power loss) while this run was executing, so its result is unknown";
 
 /// A temp dir holding `data/` (the fixture, extracted) and a config for the real binary.
@@ -118,6 +121,11 @@ impl Proc {
     /// The migration's log line (written before "started").
     fn migrated(&self) -> Option<Value> {
         self.0.find_line(|v| v["message"] == MIGRATED)
+    }
+
+    /// The log line of the migration from schema 2 to 3.
+    fn migrated_to_3(&self) -> Option<Value> {
+        self.0.find_line(|v| v["message"] == MIGRATED_3)
     }
 
     async fn post(&self, path: &str, body: String) -> Value {
@@ -256,6 +264,9 @@ async fn a_schema_1_store_is_migrated_and_its_work_goes_on() {
     assert_eq!(m["outbox"], 3, "{m}");
     assert_eq!(m["keys"], 1, "{m}");
     assert!(m["elapsed_ms"].is_u64(), "{m}");
+    // Then on to schema 3: the three waiting callbacks move into their runs' records.
+    let m = p.migrated_to_3().expect("the second migration's log line");
+    assert_eq!(m["callbacks"], 3, "{m}");
 
     // Queued (two small, one large), interrupted, and the three waiting callbacks; the two
     // runs reported before the upgrade are not called back again.
@@ -301,9 +312,9 @@ async fn a_schema_1_store_is_migrated_and_its_work_goes_on() {
     assert!(!delivered.contains_key(&107) && !delivered.contains_key(&108));
     assert!(p.sigterm().await.success());
 
-    // Stopped: the store is schema 2 through and through, and `state` reads it.
+    // Stopped: the store is schema 3 through and through, and `state` reads it.
     let (schema, formats) = schema_and_formats(&site.data);
-    assert_eq!(schema, 2u64.to_be_bytes());
+    assert_eq!(schema, 3u64.to_be_bytes());
     assert_eq!(formats.len(), 10 + 1, "10 runs and one key, no outbox left");
     // Runs name their handler by number (0x03), the key record is plain schema 2 (0x02).
     assert_eq!(formats[..10], [0x03; 10], "{formats:?}");
@@ -317,6 +328,7 @@ async fn a_schema_1_store_is_migrated_and_its_work_goes_on() {
     // A second start has nothing to migrate and nothing to redo.
     let p = Proc::start(&site.config).await;
     assert!(p.migrated().is_none(), "{}", p.0.log_text());
+    assert!(p.migrated_to_3().is_none(), "{}", p.0.log_text());
     assert!(p.log(110).await.contains("params bytes: 70000"));
     assert!(p.sigterm().await.success());
     assert_eq!(admin.delivered().len(), 8);
@@ -412,9 +424,11 @@ async fn a_schema_2_store_of_the_first_formats_is_read_and_its_work_goes_on() {
     let admin = FakeAdmin::start().await;
     let site = Site::new(FIXTURE_V2_V0, &admin.url());
     let p = Proc::start(&site.config).await;
-    // Same schema: nothing to migrate; the previous release's clean stop is recognised (its
-    // anchor matches the files, so no check on a copy).
+    // Schema 2: its three waiting callbacks move into their runs' records; the previous
+    // release's clean stop is recognised (its anchor matches the files, so no check on a copy).
     assert!(p.migrated().is_none(), "{}", p.0.log_text());
+    let m = p.migrated_to_3().expect("the migration's log line");
+    assert_eq!(m["callbacks"], 3, "{m}");
     assert!(
         p.0.find_line(|v| v["message"] == CHECKED_ON_A_COPY)
             .is_none(),
@@ -517,26 +531,26 @@ async fn a_schema_2_store_of_the_first_formats_is_read_and_its_work_goes_on() {
     assert!(complaint.is_none(), "{}", p.0.log_text());
     assert!(p.sigterm().await.success());
 
-    // Stopped: still schema 2. What this release wrote is in its formats, beside what it
-    // left as the old one wrote it.
+    // Stopped: schema 3. What this release wrote is in its formats, beside what it left as
+    // the old one wrote it.
     let now = raw_trees(&site.data);
     let meta = &now["meta"];
-    assert_eq!(meta[&b"schema"[..]], 2u64.to_be_bytes());
+    assert_eq!(meta[&b"schema"[..]], 3u64.to_be_bytes());
     assert!(meta.contains_key(&b"handler_names"[..]), "{meta:?}");
     let runs: BTreeMap<i64, u8> = now["runs"]
         .iter()
         .map(|(k, v)| (key_log_id(k), v[0]))
         .collect();
-    // Every run record this release wrote is in 0x03: the runs it ran (queued, interrupted)
-    // and the new ones. Those finished before the upgrade keep their 0x02 records (delivering
-    // a callback removes it from the outbox and leaves the record as it is), and `state` below
-    // still counts them reported.
+    // Every run record this release wrote is in 0x03: the runs it ran (queued, interrupted),
+    // the new ones, and those whose callback the migration moved into their record. Those
+    // reported before the upgrade keep their 0x02 records, and `state` below still counts
+    // them reported.
     let want: BTreeMap<i64, u8> = [201, 202, 203, 204, 205, 206, 207, 208, 210, 220, 221]
         .into_iter()
         .map(|id| {
             (
                 id,
-                if (204..=208).contains(&id) {
+                if (207..=208).contains(&id) {
                     0x02
                 } else {
                     0x03
@@ -585,7 +599,7 @@ async fn a_schema_2_store_of_the_first_formats_is_read_and_its_work_goes_on() {
 
     // A second start has nothing to redo and serves the mixed logs as the first did.
     let p = Proc::start(&site.config).await;
-    assert!(p.migrated().is_none(), "{}", p.0.log_text());
+    assert!(p.migrated_to_3().is_none(), "{}", p.0.log_text());
     for (id, lines) in served {
         assert_eq!(p.log_lines(id).await, lines, "logId {id}");
     }

@@ -1,13 +1,12 @@
 //! The run journal: one record per logId, from accepted to finished.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::bulk::{bulk_bytes, stripped, write_bulk};
-use super::records::{run_key, Bulk, OutboxEntry, RunRecord};
+use super::records::{run_key, Bulk, RunRecord};
 use super::{Result, Store, StoreError, BULK_THRESHOLD};
 use crate::clock;
-use crate::job::{Callback, LogId, Outcome, OutcomeKind, RunState, Trigger};
+use crate::job::{LogId, Outcome, OutcomeKind, RunState, Trigger};
 
 /// What the journal held at start.
 #[derive(Debug, Default)]
@@ -200,22 +199,13 @@ impl Store {
         }
     }
 
-    /// Records a run's outcome and queues its callback. A run already finished keeps its
+    /// Records a run's outcome, which queues its callback: one write of the run's record,
+    /// with its place in the delivery order (see `outbox`). A run already finished keeps its
     /// first outcome (one result per trigger).
     ///
-    /// Plain single-key writes in a fixed order, not a sled transaction: the first transaction
-    /// or batch switches every sled operation of the process onto a global reader-writer lock
-    /// for good, and with it end-to-end throughput fell by 2.5x. The order does the job a
-    /// transaction did, because sled recovers a prefix of its log after a crash (its own batch
-    /// atomicity rests on that):
-    /// 1. the outbox entry: from here the callback cannot be lost;
-    /// 2. the run record, `Finished`: [`Store::recover`] repairs a run left `Running` or
-    ///    `Accepted` whose callback is already in the outbox, so it is neither re-run nor
-    ///    reported twice;
-    /// 3. the idempotency key, a hint only: [`Store::check_key`] reads the holder's record.
-    ///
-    /// The finished record keeps no large params or source; their file goes after the next
-    /// flush.
+    /// The idempotency key is written after it, a hint only: [`Store::check_key`] reads the
+    /// holder's record. The finished record keeps no large params or source; their file goes
+    /// after the next flush.
     ///
     /// # Errors
     /// I/O or a corrupt record.
@@ -238,21 +228,6 @@ impl Store {
         {
             return Ok(false);
         }
-        let seq = self.inner.db.generate_id()?;
-        let entry = OutboxEntry {
-            callback: Callback {
-                log_id: trigger.log_id,
-                log_date_time: trigger.log_date_time,
-                outcome: outcome.clone(),
-            },
-            queued_ms: now,
-            trace,
-            kind: Some(kind),
-        };
-        self.inner
-            .outbox
-            .insert(seq.to_be_bytes(), entry.encode())?;
-        self.inner.outbox_len.fetch_add(1, Ordering::Relaxed);
         // Rejected before acceptance never reaches here; a missing record means the trigger
         // was recovered from an older journal. Recreate it.
         let mut rec = old
@@ -269,11 +244,15 @@ impl Store {
         rec.finished_ms = Some(now);
         rec.outcome = Some(outcome.clone());
         rec.kind = Some(kind);
+        rec.trace = trace;
+        let seq = self.begin_callback()?;
         rec.outbox_seq = Some(seq);
         self.holds_run(trigger.log_id);
-        self.inner
-            .runs
-            .insert(key, rec.encode(&self.inner.names)?)?;
+        let written = rec
+            .encode(&self.inner.names)
+            .and_then(|v| Ok(self.inner.runs.insert(key, v)?));
+        self.end_callback(seq, trigger.log_id, now, written.is_ok());
+        written?;
         self.remove_after_flush(&rec);
         if let Some(k) = &rec.idempotency_key {
             self.settle_key(k, trigger.log_id, outcome.is_success())?;
@@ -281,7 +260,7 @@ impl Store {
         Ok(true)
     }
 
-    /// Scans the journal at start.
+    /// Scans the journal at start; the same pass finds the waiting callbacks (see `outbox`).
     ///
     /// # Errors
     /// I/O or a corrupt record.
@@ -289,6 +268,9 @@ impl Store {
         let mut r = Recovery {
             ..Default::default()
         };
+        let mut waiting = self.inner.waiting.lock();
+        let mut callbacks =
+            (!waiting.is_loaded()).then(|| waiting.collector(self.inner.waiting.delivered_below()));
         for item in self.inner.runs.iter() {
             let (_, v) = item?;
             r.runs += 1;
@@ -296,30 +278,18 @@ impl Store {
             match rec.state {
                 RunState::Accepted => r.queued.push(rec),
                 RunState::Running => r.interrupted.push(rec),
-                RunState::Finished | RunState::Reported => {}
-            }
-        }
-        if !r.queued.is_empty() || !r.interrupted.is_empty() {
-            let mut queued_callbacks = std::collections::HashMap::new();
-            for item in self.outbox_entries() {
-                let (seq, e) = item?;
-                queued_callbacks.insert(e.callback.log_id, (seq, e));
-            }
-            let mut repair = |runs: &mut Vec<RunRecord>| -> Result<()> {
-                let mut kept = Vec::with_capacity(runs.len());
-                for rec in runs.drain(..) {
-                    match queued_callbacks.remove(&rec.trigger.log_id) {
-                        Some((seq, e)) => self.repair_finished(rec, seq, &e)?,
-                        None => kept.push(rec),
+                RunState::Finished | RunState::Reported => {
+                    if let Some(c) = &mut callbacks {
+                        c.add(&rec);
                     }
                 }
-                *runs = kept;
-                Ok(())
-            };
-            repair(&mut r.queued)?;
-            repair(&mut r.interrupted)?;
+            }
         }
-        // Only what may still run gets its large text back (after the repair, which needs none).
+        if let Some(c) = callbacks {
+            waiting.install(c);
+        }
+        drop(waiting);
+        // Only what may still run gets its large text back.
         let mut lost = Vec::new();
         for runs in [&mut r.queued, &mut r.interrupted] {
             let mut kept = Vec::with_capacity(runs.len());
@@ -342,31 +312,6 @@ impl Store {
         Ok(r)
     }
 
-    /// A crash fell between the two writes of [`Store::finish`]: the callback is queued but the
-    /// record still says accepted or running. The outcome is known, so the run is finished.
-    pub(super) fn repair_finished(&self, rec: RunRecord, seq: u64, e: &OutboxEntry) -> Result<()> {
-        tracing::info!(log_id = %rec.trigger.log_id, "Repairing a run whose outcome was queued just before a crash.");
-        let mut rec = rec.without_bulk_text();
-        rec.state = RunState::Finished;
-        rec.finished_ms = Some(e.queued_ms);
-        rec.outcome = Some(e.callback.outcome.clone());
-        rec.kind = Some(e.kind.unwrap_or(if e.callback.outcome.is_success() {
-            OutcomeKind::Success
-        } else {
-            OutcomeKind::Failed
-        }));
-        rec.outbox_seq = Some(seq);
-        self.holds_run(rec.trigger.log_id);
-        self.inner
-            .runs
-            .insert(run_key(rec.trigger.log_id), rec.encode(&self.inner.names)?)?;
-        self.remove_after_flush(&rec);
-        if let Some(k) = &rec.idempotency_key {
-            self.settle_key(k, rec.trigger.log_id, e.callback.outcome.is_success())?;
-        }
-        Ok(())
-    }
-
     /// Counts for the `state` command and metrics (scans the journal).
     ///
     /// # Errors
@@ -382,7 +327,7 @@ impl Store {
             let (_, v) = item?;
             let rec = RunRecord::decode(&v, &self.inner.names)?;
             s.runs += 1;
-            match self.derived_state(&rec)? {
+            match self.derived_state(&rec) {
                 RunState::Accepted => s.accepted += 1,
                 RunState::Running => s.running += 1,
                 RunState::Finished => s.finished += 1,
@@ -401,22 +346,9 @@ impl Store {
         for item in self.inner.runs.iter().rev().take(n) {
             let (_, val) = item?;
             let mut rec = RunRecord::decode(&val, &self.inner.names)?;
-            rec.state = self.derived_state(&rec)?;
+            rec.state = self.derived_state(&rec);
             v.push(rec);
         }
         Ok(v)
-    }
-
-    /// A finished run whose callback left the outbox has been reported.
-    pub(super) fn derived_state(&self, rec: &RunRecord) -> Result<RunState> {
-        Ok(match (rec.state, rec.outbox_seq) {
-            (RunState::Finished, Some(seq))
-                if self.inner.outbox.contains_key(seq.to_be_bytes())? =>
-            {
-                RunState::Finished
-            }
-            (RunState::Finished, _) => RunState::Reported,
-            (other, _) => other,
-        })
     }
 }

@@ -1,18 +1,20 @@
 //! The durable state of the executor, in one sled database: the only module that names sled.
 //!
 //! Trees (keys big-endian so scans run in id order):
-//! - `runs`: logId → [`RunRecord`] (the journal: accepted, running, finished, reported);
-//! - `outbox`: sequence → [`OutboxEntry`] (callbacks not yet acknowledged by an admin);
+//! - `runs`: logId → [`RunRecord`] (the journal: accepted, running, finished, reported); a
+//!   finished run's record is also its callback until an admin acknowledges it (see `outbox`);
 //! - `keys`: idempotency key → [`KeyRecord`];
 //! - `logs`: (logId, line) → text: one tree instead of a file per run, which would exhaust
 //!   inodes on small flash;
 //! - `fleet_keys`: (key, logId) → the fleet-Redis lock a run holds, until it is settled (used
 //!   only with `keys.backend = "redis"`; see `fleet_keys` in the crate root);
-//! - `meta`: schema version, store id and pruned watermark (see [`anchor`]), and the handler
-//!   names that run records refer to by number (`records::names`).
+//! - `meta`: schema version, store id and pruned watermark (see [`anchor`]), the watermark of
+//!   delivered callbacks (`outbox`), and the handler names that run records refer to by number
+//!   (`records::names`);
+//! - `outbox`: empty; schema 2 kept its callbacks there (sequence → [`OutboxEntry`]).
 //!
-//! Values of `runs`, `outbox` and `keys` are in the store's own encoding (schema 2, see
-//! `records::v2`); a schema-1 store (JSON values) is migrated in place at open (`migrate`).
+//! Values of `runs` and `keys` are in the store's own encoding (see `records::v2`); a store
+//! of schema 1 (JSON values) or 2 (an outbox tree) is migrated in place at open (`migrate`).
 //!
 //! Large trigger text (params and GLUE source over [`BULK_THRESHOLD`] bytes together) is kept out
 //! of sled, in a file per run under `store/params/`: sled keeps every version of a value in its
@@ -28,8 +30,11 @@
 //! requests, not per request. With `store.flush_every_ms` set, `durable` returns at once and
 //! sled flushes on its timer: faster, but a crash can lose the last few milliseconds.
 //!
-//! Only single-key operations: no sled transactions or batches (see [`Store::finish`] for why
-//! and for how the order of writes stands in for them).
+//! Only single-key operations: the first sled transaction or batch switches every sled
+//! operation of the process onto a global reader-writer lock for good (end-to-end throughput
+//! fell by 2.5x). Each state change of a run is one key's write; where two keys change (a run
+//! and its idempotency key), the order of the writes stands in for a transaction, because
+//! sled recovers a prefix of its log after a crash.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -79,8 +84,9 @@ pub const BULK_THRESHOLD: usize = 64 * 1024;
 const BULK_DIR: &str = "params";
 
 /// Bump when the on-disk format changes incompatibly (and teach `migrate` the step).
-/// 1: JSON of the domain types; 2: the store's own compact records (`records::v2`).
-const SCHEMA_VERSION: u64 = 2;
+/// 1: JSON of the domain types; 2: the store's own compact records (`records::v2`);
+/// 3: no outbox tree, a finished run's record is its callback (see `outbox`).
+const SCHEMA_VERSION: u64 = 3;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +170,6 @@ pub struct Store {
 struct Inner {
     db: sled::Db,
     runs: sled::Tree,
-    outbox: sled::Tree,
     keys: sled::Tree,
     logs: sled::Tree,
     /// Keys held in the fleet's Redis, for a restart to settle (see `keys`).
@@ -178,7 +183,10 @@ struct Inner {
     /// no longer needs them is on disk.
     pending_removals: std::sync::Mutex<Vec<PathBuf>>,
     cfg: StoreConfig,
-    outbox_len: AtomicU64,
+    /// The watermark of delivered callbacks lives here (see `outbox`).
+    meta: sled::Tree,
+    /// The waiting callbacks' order and the oldest of them.
+    waiting: outbox::Waiting,
     /// The logIds written since open above the highest held then (see [`Store::has_run`]).
     held: held::Held,
     flush_tx: mpsc::UnboundedSender<commit::FlushRequest>,

@@ -105,31 +105,47 @@ impl Store {
             super::anchor::after_open(&dir, &db, meta.clone(), &runs, anchor).map_err(&unusable)?;
         let names = super::records::names::HandlerNames::open(meta.clone())
             .map_err(|e| unusable(format!("its handler names: {e}")))?;
-        match meta.get("schema").map_err(|e| unusable(e.to_string()))? {
+        let schema = meta.get("schema").map_err(|e| unusable(e.to_string()))?;
+        let schema =
+            schema.map(|v| <[u8; 8]>::try_from(v.as_ref()).map_or(u64::MAX, u64::from_be_bytes));
+        // Earlier schemas are rewritten in place, once, step by step (a migration cut short
+        // runs again, see `migrate`).
+        match schema {
             None => {
                 meta.insert("schema", &SCHEMA_VERSION.to_be_bytes())
                     .map_err(|e| unusable(e.to_string()))?;
             }
-            Some(v) if v.as_ref() == SCHEMA_VERSION.to_be_bytes() => {}
-            // The previous releases' JSON records: rewritten in place, once (a migration cut
-            // short runs again, see `migrate`).
-            Some(v) if v.as_ref() == 1u64.to_be_bytes() => {
+            Some(SCHEMA_VERSION) => {}
+            Some(1) => {
                 migrate::v1_to_v2(&db, &runs, &outbox, &keys, &meta, &names)
                     .map_err(|e| unusable(format!("migrating it from schema 1 to 2: {e}")))?;
+                migrate::v2_to_v3(&db, &runs, &outbox, &meta, &names)
+                    .map_err(|e| unusable(format!("migrating it from schema 2 to 3: {e}")))?;
+            }
+            Some(2) => {
+                migrate::v2_to_v3(&db, &runs, &outbox, &meta, &names)
+                    .map_err(|e| unusable(format!("migrating it from schema 2 to 3: {e}")))?;
             }
             Some(v) => {
                 return Err(unusable(format!(
-                    "schema version {:?} is not {SCHEMA_VERSION}, this build's",
-                    v.as_ref()
+                    "schema version {v} is not {SCHEMA_VERSION}, this build's (a newer release wrote it?)"
                 )))
             }
         }
+        let delivered_below = match meta
+            .get(super::outbox::META_DELIVERED)
+            .map_err(|e| unusable(e.to_string()))?
+        {
+            None => 0,
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| unusable("its delivered-callbacks watermark is damaged".into()))?,
+        };
         let bulk_dir = dir.join(BULK_DIR);
         crate::private_file::create_dir(&bulk_dir)
             .map_err(|e| unusable(format!("cannot create {}: {e}", bulk_dir.display())))?;
         remove_orphans(&runs, &names, &bulk_dir);
         private_files(&dir);
-        let outbox_len = outbox.len() as u64;
         let highest = match runs.last().map_err(|e| unusable(e.to_string()))? {
             Some((k, _)) => super::records::run_id(&k).map_or(i64::MAX, |id| id.0),
             None => i64::MIN,
@@ -139,7 +155,6 @@ impl Store {
         let inner = Arc::new(Inner {
             db,
             runs,
-            outbox,
             keys,
             logs,
             fleet_keys,
@@ -148,7 +163,8 @@ impl Store {
             bulk_dir,
             pending_removals: std::sync::Mutex::new(Vec::new()),
             cfg,
-            outbox_len: AtomicU64::new(outbox_len),
+            meta,
+            waiting: super::outbox::Waiting::new(delivered_below),
             held: super::held::Held::new(highest),
             flush_tx,
             on_flush: std::sync::OnceLock::new(),

@@ -73,7 +73,7 @@ impl Store {
             if let Some(item) = item {
                 let (k, v) = item?;
                 let rec = RunRecord::decode(&v, &self.inner.names)?;
-                if self.derived_state(&rec)? != RunState::Reported {
+                if self.derived_state(&rec) != RunState::Reported {
                     continue;
                 }
                 let old = cutoff.is_some_and(|c| rec.finished_ms.unwrap_or(rec.accepted_ms) < c);

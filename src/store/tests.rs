@@ -109,56 +109,214 @@ async fn journal_outbox_and_logs_survive_reopen() {
     assert!(s.has_run(LogId(1)).unwrap());
 }
 
-/// `finish` writes the outbox entry, then the run record, then the key: a crash after the
-/// first write leaves a queued callback for a run that still says running.
+/// Turns a schema-3 store back into what schema 2 wrote: each waiting callback an entry of the
+/// `outbox` tree at its place, no delivered watermark.
+fn back_to_schema_2(s: &Store) -> Vec<(u64, OutboxEntry)> {
+    let waiting = s.outbox_batch(usize::MAX).unwrap();
+    let outbox = s.inner.db.open_tree("outbox").unwrap();
+    for (seq, e) in &waiting {
+        outbox.insert(seq.to_be_bytes(), e.encode()).unwrap();
+    }
+    s.inner.meta.remove(super::outbox::META_DELIVERED).unwrap();
+    s.inner.meta.insert("schema", &2u64.to_be_bytes()).unwrap();
+    waiting
+}
+
+/// Schema 2 wrote an outcome as two keys, the outbox entry first: a crash between them left a
+/// queued callback for a run that still said running. The migration to schema 3 finishes such
+/// a run from its entry, keeps reported runs reported, and a migration cut short (the
+/// watermark written, one callback already moved) is finished by the next open.
 #[tokio::test]
-async fn a_crash_inside_finish_is_repaired_at_recovery() {
+async fn schema_2_is_migrated_repairing_a_crash_inside_finish_and_a_migration_cut_short() {
     let dir = tempfile::tempdir().unwrap();
     let ttl = Duration::from_secs(3600);
     {
         let s = Store::open(dir.path(), cfg()).unwrap();
-        for id in [1, 2] {
+        for id in 1..=4 {
             s.insert_accepted(&trig(id), false).unwrap();
         }
         assert_eq!(s.check_key("k", LogId(1), ttl).unwrap(), KeyCheck::Fresh);
         s.mark_running(LogId(1), Some("k".into())).unwrap();
+        // 3 is reported, 4 waits, as schema 2 would have them.
+        for id in [3, 4] {
+            s.finish(&trig(id), &Outcome::success(), OutcomeKind::Success, None)
+                .unwrap();
+        }
+        let three = s.outbox_batch(1).unwrap();
+        assert_eq!(three[0].1.callback.log_id, LogId(3));
+        s.ack(&three).unwrap();
+        back_to_schema_2(&s);
         // Only the first write of `finish` for 1 (running) and 2 (still queued) landed.
-        for (seq, id) in [(7u64, 1), (8, 2)] {
+        let outbox = s.inner.db.open_tree("outbox").unwrap();
+        for id in [1, 2] {
             let e = OutboxEntry {
                 callback: Callback {
                     log_id: LogId(id),
                     log_date_time: 1,
-                    outcome: Outcome::success(),
+                    outcome: Outcome::fail("from the entry"),
                 },
                 queued_ms: 5,
-                trace: None,
-                kind: Some(OutcomeKind::Success),
+                trace: Some(format!("trace-{id}")),
+                kind: Some(OutcomeKind::Failed),
             };
-            s.inner
-                .outbox
-                .insert(seq.to_be_bytes(), e.encode())
-                .unwrap();
+            let seq = s.inner.db.generate_id().unwrap();
+            outbox.insert(seq.to_be_bytes(), e.encode()).unwrap();
         }
         s.durable().await.unwrap();
     }
     let s = Store::open(dir.path(), cfg()).unwrap();
+    assert_eq!(schema_of(&s), 3u64.to_be_bytes());
+    assert!(raw_tree(&s, "outbox").is_empty());
     let r = s.recover().unwrap();
     assert!(r.queued.is_empty() && r.interrupted.is_empty(), "{r:?}");
     let rec = s.run(LogId(1)).unwrap().unwrap();
     assert_eq!(rec.state, RunState::Finished);
-    assert_eq!(rec.outbox_seq, Some(7));
-    assert_eq!(rec.kind, Some(OutcomeKind::Success));
-    assert_eq!(s.outbox_len(), 2);
-    // The key's holder succeeded: a new run with it is not executed.
+    assert_eq!(rec.kind, Some(OutcomeKind::Failed));
+    assert_eq!(rec.trace.as_deref(), Some("trace-1"));
+    let states: Vec<_> = s.recent_runs(10).unwrap().iter().map(|r| r.state).collect();
     assert_eq!(
-        s.check_key("k", LogId(3), ttl).unwrap(),
-        KeyCheck::Succeeded(LogId(1))
+        states,
+        [
+            RunState::Finished,
+            RunState::Reported,
+            RunState::Finished,
+            RunState::Finished
+        ]
     );
-    // Nothing is repaired twice: the next start finds nothing to do.
+    // In the order schema 2 queued them.
+    let waiting = s.outbox_batch(50).unwrap();
+    let ids: Vec<_> = waiting.iter().map(|(_, e)| e.callback.log_id.0).collect();
+    assert_eq!(ids, [4, 1, 2]);
+    assert_eq!(
+        waiting[1].1.callback.outcome,
+        Outcome::fail("from the entry")
+    );
+    // The key's holder failed: the key is free again.
+    assert_eq!(s.check_key("k", LogId(9), ttl).unwrap(), KeyCheck::Fresh);
+
+    // Cut short: back to schema 2, then the watermark written and 4's callback moved.
+    back_to_schema_2(&s);
+    let below = s.inner.db.generate_id().unwrap();
+    s.inner
+        .meta
+        .insert(super::outbox::META_DELIVERED, &below.to_be_bytes())
+        .unwrap();
+    let mut four = s.run(LogId(4)).unwrap().unwrap();
+    four.outbox_seq = Some(s.inner.db.generate_id().unwrap());
+    s.inner
+        .runs
+        .insert(run_key(LogId(4)), four.encode(&s.inner.names).unwrap())
+        .unwrap();
+    let outbox = s.inner.db.open_tree("outbox").unwrap();
+    outbox.remove(waiting[0].0.to_be_bytes()).unwrap();
+    s.durable().await.unwrap();
+    drop((s, outbox));
+    let s = Store::open(dir.path(), cfg()).unwrap();
+    assert_eq!(schema_of(&s), 3u64.to_be_bytes());
+    let again = s.outbox_batch(50).unwrap();
+    let mut ids: Vec<_> = again.iter().map(|(_, e)| e.callback.log_id.0).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2, 4], "nothing lost, nothing delivered twice");
+    s.ack(&again).unwrap();
+    assert_eq!(s.outbox_len(), 0);
     drop(s);
     let s = Store::open(dir.path(), cfg()).unwrap();
-    let r = s.recover().unwrap();
-    assert!(r.queued.is_empty() && r.interrupted.is_empty());
+    assert_eq!(s.outbox_len(), 0, "the watermark is on disk");
+    assert!(s
+        .recent_runs(10)
+        .unwrap()
+        .iter()
+        .all(|r| r.state == RunState::Reported));
+}
+
+/// A place is handed out before its record is written, so a record written later may have an
+/// earlier place: the batch waits for it instead of letting the watermark pass it.
+#[tokio::test]
+async fn a_batch_never_reaches_past_a_callback_still_being_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), cfg()).unwrap();
+    assert_eq!(s.outbox_len(), 0);
+    let finished = |id: i64, seq: u64| {
+        let mut r = RunRecord::accepted(trig(id), 1);
+        r.state = RunState::Finished;
+        r.finished_ms = Some(2);
+        r.outcome = Some(Outcome::success());
+        r.outbox_seq = Some(seq);
+        s.inner
+            .runs
+            .insert(run_key(LogId(id)), r.encode(&s.inner.names).unwrap())
+            .unwrap();
+    };
+    let a = s.begin_callback().unwrap();
+    let b = s.begin_callback().unwrap();
+    assert!(a < b);
+    finished(2, b);
+    s.end_callback(b, LogId(2), 2, true);
+    assert!(s.outbox_batch(50).unwrap().is_empty(), "2 waits behind 1");
+    assert_eq!(s.outbox_len(), 1);
+    finished(1, a);
+    s.end_callback(a, LogId(1), 2, true);
+    let batch = s.outbox_batch(50).unwrap();
+    let ids: Vec<_> = batch.iter().map(|(_, e)| e.callback.log_id.0).collect();
+    assert_eq!(ids, [1, 2]);
+    // A place whose write failed holds nothing up.
+    let c = s.begin_callback().unwrap();
+    s.end_callback(c, LogId(3), 2, false);
+    s.ack(&batch).unwrap();
+    assert_eq!(s.outbox_len(), 0);
+    assert!(s.outbox_batch(50).unwrap().is_empty());
+}
+
+/// Memory holds the oldest waiting callbacks (16 here); a longer backlog waits on disk and is
+/// read back when memory runs short, still oldest first, across a restart, while new runs keep
+/// finishing.
+#[tokio::test]
+async fn a_backlog_longer_than_memory_is_delivered_oldest_first_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut delivered = Vec::new();
+    let mut next = 1;
+    let mut finish_some = |s: &Store, n: i64| {
+        for _ in 0..n {
+            s.insert_accepted(&trig(next), false).unwrap();
+            s.finish(&trig(next), &Outcome::success(), OutcomeKind::Success, None)
+                .unwrap();
+            next += 1;
+        }
+    };
+    {
+        let s = Store::open(dir.path(), cfg()).unwrap();
+        s.inner.waiting.lock().kept = 16;
+        s.recover().unwrap();
+        finish_some(&s, 40);
+        assert_eq!(s.outbox_len(), 40);
+        for _ in 0..3 {
+            let b = s.outbox_batch(10).unwrap();
+            assert_eq!(b.len(), 10);
+            delivered.extend(b.iter().map(|(_, e)| e.callback.log_id.0));
+            s.ack(&b).unwrap();
+            finish_some(&s, 5);
+        }
+        assert_eq!(s.outbox_len(), 25);
+        s.durable().await.unwrap();
+    }
+    let s = Store::open(dir.path(), cfg()).unwrap();
+    s.inner.waiting.lock().kept = 16;
+    s.recover().unwrap();
+    assert_eq!(s.outbox_len(), 25);
+    assert!(s.outbox_oldest_queued_ms().is_some());
+    for round in 0..20 {
+        let b = s.outbox_batch(7).unwrap();
+        if b.is_empty() {
+            break;
+        }
+        delivered.extend(b.iter().map(|(_, e)| e.callback.log_id.0));
+        s.ack(&b).unwrap();
+        if round < 3 {
+            finish_some(&s, 3);
+        }
+    }
+    assert_eq!(s.outbox_len(), 0);
+    assert_eq!(delivered, (1..next).collect::<Vec<_>>());
 }
 
 /// A restart right after a crash finds the lock still held for a moment (the dying process,
@@ -493,6 +651,7 @@ fn full_record() -> RunRecord {
         kind: Some(OutcomeKind::Duplicate),
         idempotency_key: Some("k".into()),
         outbox_seq: Some(u64::MAX),
+        trace: Some("0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331".into()),
         bulk: Some(Bulk {
             file: "1.2".into(),
             bytes: 70_000,
@@ -810,7 +969,7 @@ fn v1_json_as_written_by_schema_1_decodes() {
 fn raw_tree(s: &Store, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
     let t = match name {
         "runs" => &s.inner.runs,
-        "outbox" => &s.inner.outbox,
+        "outbox" => &s.inner.db.open_tree("outbox").unwrap(),
         _ => &s.inner.keys,
     };
     t.iter()
@@ -841,7 +1000,7 @@ async fn a_half_migrated_store_migrates_again_at_open() {
     let (before_runs, before_outbox);
     {
         let s = Store::open(dir.path(), cfg()).unwrap();
-        assert_eq!(schema_of(&s), 2u64.to_be_bytes());
+        assert_eq!(schema_of(&s), 3u64.to_be_bytes());
         for id in 1..=6 {
             s.insert_accepted(&trig(id), false).unwrap();
         }
@@ -859,8 +1018,15 @@ async fn a_half_migrated_store_migrates_again_at_open() {
         before_runs = (1..=6)
             .map(|id| s.run(LogId(id)).unwrap().unwrap())
             .collect::<Vec<_>>();
-        before_outbox = s.outbox_batch(50).unwrap();
+        before_outbox = back_to_schema_2(&s);
         // Back to schema 1 for every other value of each tree, as a crash mid-migration leaves it.
+        let (seq, e) = &before_outbox[0];
+        s.inner
+            .db
+            .open_tree("outbox")
+            .unwrap()
+            .insert(seq.to_be_bytes(), v1_entry_json(e))
+            .unwrap();
         for (i, r) in before_runs.iter().enumerate() {
             if i % 2 == 0 {
                 s.inner
@@ -869,11 +1035,6 @@ async fn a_half_migrated_store_migrates_again_at_open() {
                     .unwrap();
             }
         }
-        let (seq, e) = &before_outbox[0];
-        s.inner
-            .outbox
-            .insert(seq.to_be_bytes(), v1_entry_json(e))
-            .unwrap();
         s.inner
             .keys
             .insert(
@@ -896,8 +1057,9 @@ async fn a_half_migrated_store_migrates_again_at_open() {
         s.durable().await.unwrap();
     }
     let s = Store::open(dir.path(), cfg()).unwrap();
-    assert_eq!(schema_of(&s), 2u64.to_be_bytes());
-    for t in ["runs", "outbox", "keys"] {
+    assert_eq!(schema_of(&s), 3u64.to_be_bytes());
+    assert!(raw_tree(&s, "outbox").is_empty());
+    for t in ["runs", "keys"] {
         let format = if t == "runs" {
             v2::FORMAT_NAMED
         } else {
@@ -907,11 +1069,24 @@ async fn a_half_migrated_store_migrates_again_at_open() {
             assert_eq!(v[0], format, "{t}");
         }
     }
+    // The same, but for the new places in the delivery order of the waiting callbacks.
+    let unplaced = |mut r: RunRecord| {
+        r.outbox_seq = r.outbox_seq.map(|_| 0);
+        r
+    };
     let after: Vec<_> = (1..=6)
-        .map(|id| s.run(LogId(id)).unwrap().unwrap())
+        .map(|id| unplaced(s.run(LogId(id)).unwrap().unwrap()))
         .collect();
-    assert_eq!(after, before_runs);
-    assert_eq!(s.outbox_batch(50).unwrap(), before_outbox);
+    assert_eq!(
+        after,
+        before_runs
+            .iter()
+            .cloned()
+            .map(unplaced)
+            .collect::<Vec<_>>()
+    );
+    let entries = |b: Vec<(u64, OutboxEntry)>| b.into_iter().map(|(_, e)| e).collect::<Vec<_>>();
+    assert_eq!(entries(s.outbox_batch(50).unwrap()), entries(before_outbox));
     assert_eq!(
         s.check_key("k", LogId(7), ttl).unwrap(),
         KeyCheck::Succeeded(LogId(6))
@@ -952,7 +1127,7 @@ async fn a_schema_1_value_that_does_not_decode_makes_the_store_unusable() {
     assert!(e.to_string().contains("schema 1 to 2"), "{e}");
 }
 
-/// A newer release's store is refused as before, schema 2 is not downgraded.
+/// A newer release's store is refused as before, its schema is not downgraded.
 #[tokio::test]
 async fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -962,7 +1137,7 @@ async fn a_newer_schema_is_refused() {
             .db
             .open_tree("meta")
             .unwrap()
-            .insert("schema", &3u64.to_be_bytes())
+            .insert("schema", &4u64.to_be_bytes())
             .unwrap();
         s.durable().await.unwrap();
     }

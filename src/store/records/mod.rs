@@ -39,9 +39,11 @@ pub struct RunRecord {
     pub kind: Option<OutcomeKind>,
     /// The idempotency key it holds, if any.
     pub idempotency_key: Option<String>,
-    /// The outbox sequence of its callback once finished: while that entry exists the run is
-    /// not yet reported.
+    /// Its callback's place in the delivery order once finished: the run is reported once
+    /// the store's delivered watermark reaches it (see `waiting`).
     pub outbox_seq: Option<u64>,
+    /// `traceid-spanid` of the run's span, so the callback span can link to it.
+    pub trace: Option<String>,
     /// Set when the trigger's params and GLUE source were too large for the journal: `trigger`
     /// then holds neither, and until the run ends its whole trigger is in this file.
     pub bulk: Option<Bulk>,
@@ -70,6 +72,7 @@ impl RunRecord {
             kind: None,
             idempotency_key: None,
             outbox_seq: None,
+            trace: None,
             bulk: None,
         }
     }
@@ -83,7 +86,8 @@ impl RunRecord {
     }
 }
 
-/// A callback waiting for the admin's acknowledgement.
+/// A callback waiting for the admin's acknowledgement: read from its run's record (schema 3),
+/// or an entry of schema 2's `outbox` tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {
     /// What to send.
@@ -92,7 +96,7 @@ pub struct OutboxEntry {
     pub queued_ms: i64,
     /// `traceid-spanid` of the run's span, so the callback span can link to it.
     pub trace: Option<String>,
-    /// Why the run ended, so a run record lost in a crash can be rebuilt from the entry.
+    /// Why the run ended (schema 2: so a run record lost in a crash could be rebuilt).
     pub kind: Option<OutcomeKind>,
 }
 

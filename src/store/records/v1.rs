@@ -215,6 +215,7 @@ pub(in crate::store) fn run_record(b: &[u8]) -> serde_json::Result<RunRecord> {
         kind: r.kind.map(OutcomeKind::from),
         idempotency_key: r.idempotency_key,
         outbox_seq: r.outbox_seq,
+        trace: None,
         bulk: r.bulk.map(|b| Bulk {
             file: b.file,
             bytes: b.bytes,

@@ -381,7 +381,9 @@ const R_KIND: u64 = 1 << 4;
 const R_KEY: u64 = 1 << 5;
 const R_OUTBOX: u64 = 1 << 6;
 const R_BULK: u64 = 1 << 7;
-const R_ALL: u64 = (1 << 8) - 1;
+/// Schema 3: the run's trace, for its callback (schema 2 kept it in the outbox entry).
+const R_TRACE: u64 = 1 << 8;
+const R_ALL: u64 = (1 << 9) - 1;
 
 /// `handler`: the handler's number in the names table, when it has one.
 pub(in crate::store) fn run_record(rec: &RunRecord, handler: Option<u64>) -> Vec<u8> {
@@ -398,6 +400,7 @@ pub(in crate::store) fn run_record(rec: &RunRecord, handler: Option<u64>) -> Vec
         (rec.idempotency_key.is_some(), R_KEY),
         (rec.outbox_seq.is_some(), R_OUTBOX),
         (rec.bulk.is_some(), R_BULK),
+        (rec.trace.is_some(), R_TRACE),
     ] {
         if set {
             f |= bit;
@@ -441,6 +444,9 @@ pub(in crate::store) fn run_record(rec: &RunRecord, handler: Option<u64>) -> Vec
     if let Some(b) = &rec.bulk {
         put_str(&mut s, &b.file);
         put_u64(&mut s, b.bytes);
+    }
+    if let Some(t) = &rec.trace {
+        put_str(&mut s, t);
     }
     s
 }
@@ -511,6 +517,11 @@ pub(in crate::store) fn run_record_of(
     } else {
         None
     };
+    let trace = if f & R_TRACE != 0 {
+        Some(r.str()?)
+    } else {
+        None
+    };
     r.end()?;
     Ok(RunRecord {
         trigger,
@@ -522,6 +533,7 @@ pub(in crate::store) fn run_record_of(
         kind,
         idempotency_key,
         outbox_seq,
+        trace,
         bulk,
     })
 }
