@@ -1,6 +1,7 @@
-//! Durable callback delivery: the outbox is sent to the admins in FIFO batches of at most 50, and
-//! an entry is deleted only when an admin answers `code == 200`. While no admin does, delivery
-//! backs off (capped, jittered) and the outbox keeps growing on disk; nothing is dropped.
+//! Durable callback delivery: waiting callbacks are sent to the admins oldest first in batches
+//! of at most 50, and marked delivered only when an admin answers `code == 200`. While no admin
+//! does, delivery backs off (capped, jittered) and the backlog keeps growing on disk; nothing is
+//! dropped.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -263,19 +264,20 @@ impl Reporter {
         }
         match res {
             Ok(_) => {
-                // Not flushed on its own: the removal rides the next group commit, whenever
-                // one comes (the next `/run`'s or outcome's; the "callback finish" lines below
-                // do not make the log flusher flush either). A crash before then sends these
-                // callbacks once more, identical, and the admin ignores a repeated one; a flush
-                // per delivery was a third of a lone run's writes. Those lines are written
-                // after the removal, and sled recovers a prefix of its writes, so a "callback
-                // finish" that `/log` has shown (it flushes first) means durably acknowledged.
+                // Not flushed on its own: the delivered watermark rides the next group
+                // commit, whenever one comes (the next `/run`'s or outcome's; the "callback
+                // finish" lines below do not make the log flusher flush either). A crash
+                // before then sends these callbacks once more, identical, and the admin
+                // ignores a repeated one; a flush per delivery was a third of a lone run's
+                // writes. Those lines are written after the watermark, and sled recovers a
+                // prefix of its writes, so a "callback finish" that `/log` has shown (it
+                // flushes first) means durably acknowledged.
                 if let Err(e) = self.store.ack(&batch) {
                     internal_error!(
                         self.metrics,
                         Op::OutboxAck,
                         e,
-                        "Callbacks were delivered but cannot be removed from the outbox; they may be sent once more."
+                        "Callbacks were delivered but cannot be marked so; they may be sent once more."
                     );
                 }
                 self.metrics

@@ -19,18 +19,23 @@
 //! the journal whenever memory has sent all it held. Every callback that only the disk holds
 //! has a later place than every one in memory, so the order holds across that boundary too.
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::records::{run_key, OutboxEntry, RunRecord};
-use super::{Result, Store, StoreError};
+use super::{Result, Store};
 use crate::clock;
-use crate::job::{Callback, LogId, RunState};
+use crate::job::{Callback, LogId, Outcome, RunState};
 
 /// Waiting callbacks held in memory; more wait on disk only.
 pub(super) const KEPT: usize = 8192;
+
+/// Memory for waiting callbacks held whole (their messages and traces), so that a batch is
+/// sent without reading the journal (a read and a decode per callback were 2 % of the
+/// executor's CPU under load). Beyond it memory holds their places only.
+const WHOLE_BYTES: usize = 1 << 20;
 
 /// The `meta` key of the watermark: every callback whose place is below it was delivered.
 pub(super) const META_DELIVERED: &[u8] = b"delivered_below";
@@ -42,49 +47,102 @@ pub(super) struct Waiting {
     delivered_below: std::sync::atomic::AtomicU64,
 }
 
+/// A waiting callback in memory.
+enum Held {
+    Whole(OutboxEntry),
+    /// Read from its run's record when it is sent.
+    Place {
+        log_id: LogId,
+        queued_ms: i64,
+    },
+}
+
+/// What a callback held whole costs against [`WHOLE_BYTES`].
+fn weight(e: &OutboxEntry) -> usize {
+    64 + e.callback.outcome.msg.as_ref().map_or(0, String::len)
+        + e.trace.as_ref().map_or(0, String::len)
+}
+
 pub(super) struct State {
     /// How many waiting callbacks memory holds: [`KEPT`], fewer in a test that crosses the
     /// boundary.
     pub(super) kept: usize,
+    /// How much of that memory holds callbacks whole: [`WHOLE_BYTES`], less in a test.
+    pub(super) whole_max: usize,
     /// False until the journal was scanned for waiting callbacks (by `recover`, or by the
     /// first question about them).
     loaded: bool,
-    /// The oldest waiting callbacks: place → (logId, when queued).
-    queue: BTreeMap<u64, (LogId, i64)>,
+    /// The oldest waiting callbacks, by place.
+    queue: BTreeMap<u64, Held>,
+    /// What the callbacks held whole weigh.
+    whole_bytes: usize,
     /// Waiting callbacks only on disk, every one placed after the last in `queue`.
     on_disk: u64,
+    /// The lowest logId among those: a refill scans the journal from there (logIds grow, so
+    /// that is usually its last few pages).
+    on_disk_from: Option<LogId>,
     /// Places handed out whose record is still being written.
     writing: BTreeSet<u64>,
 }
 
 /// Collects the oldest waiting callbacks of a journal scan, and counts the rest.
 pub(super) struct Collector {
-    kept_max: usize,
+    room: usize,
     delivered_below: u64,
+    /// Places at or below this are in memory already.
+    floor: Option<u64>,
     /// Places whose writers will count themselves (see [`Store::end_callback`]).
     writing: BTreeSet<u64>,
-    /// A max-heap: the latest of the kept goes first when an older one comes.
-    kept: BinaryHeap<(u64, LogId, i64)>,
+    kept: BTreeMap<u64, OutboxEntry>,
     total: u64,
+    dropped_from: Option<LogId>,
+}
+
+/// The callback a finished record waits to send.
+fn entry_of(rec: &RunRecord, seq: u64) -> Option<OutboxEntry> {
+    if rec.state != RunState::Finished || rec.outbox_seq != Some(seq) {
+        return None;
+    }
+    Some(OutboxEntry {
+        callback: Callback {
+            log_id: rec.trigger.log_id,
+            log_date_time: rec.trigger.log_date_time,
+            // Never written so; a damaged record still gets its run a result.
+            outcome: rec.outcome.clone().unwrap_or_else(|| {
+                Outcome::fail("xxl-edge: the journal holds no outcome for this run")
+            }),
+        },
+        queued_ms: rec.finished_ms.unwrap_or(rec.accepted_ms),
+        trace: rec.trace.clone(),
+        kind: rec.kind,
+    })
+}
+
+fn lower(a: Option<LogId>, b: LogId) -> Option<LogId> {
+    Some(a.map_or(b, |a| a.min(b)))
 }
 
 impl Collector {
     /// Notes a record, if it is a waiting callback.
     pub(super) fn add(&mut self, rec: &RunRecord) {
-        let (RunState::Finished, Some(seq)) = (rec.state, rec.outbox_seq) else {
+        let Some(seq) = rec.outbox_seq else {
             return;
         };
-        if seq < self.delivered_below || self.writing.contains(&seq) {
+        if seq < self.delivered_below
+            || self.floor.is_some_and(|f| seq <= f)
+            || self.writing.contains(&seq)
+        {
             return;
         }
+        let Some(e) = entry_of(rec, seq) else {
+            return;
+        };
         self.total += 1;
-        self.kept.push((
-            seq,
-            rec.trigger.log_id,
-            rec.finished_ms.unwrap_or(rec.accepted_ms),
-        ));
-        if self.kept.len() > self.kept_max {
-            self.kept.pop();
+        self.kept.insert(seq, e);
+        if self.kept.len() > self.room {
+            if let Some((_, e)) = self.kept.pop_last() {
+                self.dropped_from = lower(self.dropped_from, e.callback.log_id);
+            }
         }
     }
 }
@@ -98,9 +156,12 @@ impl Waiting {
         Self {
             state: Mutex::new(State {
                 kept: KEPT,
+                whole_max: WHOLE_BYTES,
                 loaded: false,
                 queue: BTreeMap::new(),
+                whole_bytes: 0,
                 on_disk: 0,
+                on_disk_from: None,
                 writing: BTreeSet::new(),
             }),
             delivered_below: delivered_below.into(),
@@ -121,26 +182,49 @@ impl State {
         self.loaded
     }
 
-    /// A collector for a scan made while this lock is held.
+    /// A collector for a scan made while this lock is held: of the whole journal when
+    /// nothing is loaded, else of what only the disk holds.
     pub(super) fn collector(&self, delivered_below: u64) -> Collector {
         Collector {
-            kept_max: self.kept,
+            room: self.kept.saturating_sub(self.queue.len()),
             delivered_below,
+            floor: self.queue.last_key_value().map(|(&seq, _)| seq),
             writing: self.writing.clone(),
-            kept: BinaryHeap::new(),
+            kept: BTreeMap::new(),
             total: 0,
+            dropped_from: None,
         }
     }
 
     /// Takes a scan's result.
-    pub(super) fn install(&mut self, c: Collector) {
-        self.queue = c
-            .kept
-            .into_iter()
-            .map(|(seq, id, at)| (seq, (id, at)))
-            .collect();
-        self.on_disk = c.total - self.queue.len() as u64;
+    pub(super) fn absorb(&mut self, c: Collector) {
+        let moved = c.kept.len() as u64;
+        for (seq, e) in c.kept {
+            self.hold(seq, e);
+        }
+        self.on_disk = c.total - moved;
+        self.on_disk_from = c.dropped_from;
         self.loaded = true;
+    }
+
+    fn hold(&mut self, seq: u64, e: OutboxEntry) {
+        let w = weight(&e);
+        let held = if self.whole_bytes + w <= self.whole_max {
+            self.whole_bytes += w;
+            Held::Whole(e)
+        } else {
+            Held::Place {
+                log_id: e.callback.log_id,
+                queued_ms: e.queued_ms,
+            }
+        };
+        self.queue.insert(seq, held);
+    }
+
+    fn release(&mut self, seq: u64) {
+        if let Some(Held::Whole(e)) = self.queue.remove(&seq) {
+            self.whole_bytes -= weight(&e);
+        }
     }
 
     fn len(&self) -> u64 {
@@ -158,35 +242,49 @@ impl Store {
         Ok(seq)
     }
 
-    /// The record placed at `seq` was written (or not): from now on its callback waits.
-    pub(super) fn end_callback(&self, seq: u64, log_id: LogId, queued_ms: i64, written: bool) {
+    /// The record placed at `seq` was written (`Some`, its callback) or not: from now on the
+    /// callback waits.
+    pub(super) fn end_callback(&self, seq: u64, written: Option<OutboxEntry>) {
         let mut st = self.inner.waiting.lock();
         st.writing.remove(&seq);
-        if !written || !st.loaded {
-            // Not loaded: the scan that loads the index will find the record.
+        let Some(e) = written else {
+            return;
+        };
+        if !st.loaded {
+            // The scan that loads memory will find the record.
             return;
         }
         let below_last = st.queue.last_key_value().is_some_and(|(&l, _)| seq < l);
         if below_last || (st.on_disk == 0 && st.queue.len() < st.kept) {
-            st.queue.insert(seq, (log_id, queued_ms));
+            st.hold(seq, e);
         } else {
             st.on_disk += 1;
+            st.on_disk_from = lower(st.on_disk_from, e.callback.log_id);
         }
     }
 
     /// Scans the journal for waiting callbacks at the first question about them, and when
     /// memory holds fewer than `want` of a backlog that is longer (once per [`KEPT`]
-    /// deliveries at most).
+    /// deliveries at most, and from the lowest logId only the disk holds).
     fn refill(&self, st: &mut State, want: usize) -> Result<()> {
         if st.loaded && (st.queue.len() >= want.max(1) || st.on_disk == 0) {
             return Ok(());
         }
-        let mut c = st.collector(self.inner.waiting.delivered_below());
-        for item in self.inner.runs.iter() {
+        let c = st.collector(self.inner.waiting.delivered_below());
+        if c.room == 0 {
+            return Ok(());
+        }
+        let mut c = c;
+        let from = if st.loaded { st.on_disk_from } else { None };
+        let scan = match from {
+            Some(id) => self.inner.runs.range(run_key(id)..),
+            None => self.inner.runs.iter(),
+        };
+        for item in scan {
             let (_, v) = item?;
             c.add(&RunRecord::decode(&v, &self.inner.names)?);
         }
-        st.install(c);
+        st.absorb(c);
         Ok(())
     }
 
@@ -195,62 +293,45 @@ impl Store {
     /// # Errors
     /// I/O or a corrupt record.
     pub fn outbox_batch(&self, max: usize) -> Result<Vec<(u64, OutboxEntry)>> {
-        let places: Vec<(u64, LogId)> = {
+        let mut batch = Vec::new();
+        let mut places = Vec::new();
+        {
             let mut st = self.inner.waiting.lock();
             self.refill(&mut st, max)?;
             // Never past a place whose record is still being written: it would be
             // acknowledged by the watermark without having been sent.
             let limit = st.writing.first().copied().unwrap_or(u64::MAX);
-            st.queue
-                .range(..limit)
-                .take(max)
-                .map(|(&seq, &(id, _))| (seq, id))
-                .collect()
-        };
-        let mut batch = Vec::with_capacity(places.len());
+            for (&seq, held) in st.queue.range(..limit).take(max) {
+                match held {
+                    Held::Whole(e) => batch.push((seq, e.clone())),
+                    Held::Place { log_id, .. } => places.push((seq, *log_id)),
+                }
+            }
+        }
+        if places.is_empty() {
+            return Ok(batch);
+        }
         let mut gone = Vec::new();
         for (seq, id) in places {
-            match self.callback_of(seq, id)? {
+            let rec = match self.inner.runs.get(run_key(id))? {
+                Some(v) => Some(RunRecord::decode(&v, &self.inner.names)?),
+                None => None,
+            };
+            match rec.and_then(|r| entry_of(&r, seq)) {
                 Some(e) => batch.push((seq, e)),
                 None => gone.push(seq),
             }
         }
+        batch.sort_unstable_by_key(|(seq, _)| *seq);
         if !gone.is_empty() {
             // Removed from the journal since (an operator's hand, a damaged store): nothing
             // to send. The watermark passes them with the next delivery.
             let mut st = self.inner.waiting.lock();
             for seq in gone {
-                st.queue.remove(&seq);
+                st.release(seq);
             }
         }
         Ok(batch)
-    }
-
-    /// The callback of the run at `id`, if its record still waits at `seq`.
-    fn callback_of(&self, seq: u64, id: LogId) -> Result<Option<OutboxEntry>> {
-        let Some(v) = self.inner.runs.get(run_key(id))? else {
-            return Ok(None);
-        };
-        let rec = RunRecord::decode(&v, &self.inner.names)?;
-        if rec.state != RunState::Finished || rec.outbox_seq != Some(seq) {
-            return Ok(None);
-        }
-        let Some(outcome) = rec.outcome else {
-            return Err(StoreError::Corrupt(format!(
-                "run record {}: finished without an outcome",
-                id.0
-            )));
-        };
-        Ok(Some(OutboxEntry {
-            callback: Callback {
-                log_id: id,
-                log_date_time: rec.trigger.log_date_time,
-                outcome,
-            },
-            queued_ms: rec.finished_ms.unwrap_or(rec.accepted_ms),
-            trace: rec.trace,
-            kind: rec.kind,
-        }))
     }
 
     /// The admin acknowledged these callbacks (the oldest, as [`Store::outbox_batch`] gave
@@ -264,7 +345,7 @@ impl Store {
         };
         let mut st = self.inner.waiting.lock();
         for (seq, _) in batch {
-            st.queue.remove(seq);
+            st.release(*seq);
         }
         // Never past a callback that still waits (a batch that was not the oldest): it
         // would count as delivered.
@@ -308,7 +389,10 @@ impl Store {
     pub fn outbox_oldest_queued_ms(&self) -> Option<i64> {
         let mut st = self.inner.waiting.lock();
         self.refill(&mut st, 1).ok()?;
-        st.queue.first_key_value().map(|(_, &(_, at))| at)
+        st.queue.first_key_value().map(|(_, held)| match held {
+            Held::Whole(e) => e.queued_ms,
+            Held::Place { queued_ms, .. } => *queued_ms,
+        })
     }
 
     /// A finished run is reported once the watermark passed its callback's place.

@@ -246,30 +246,40 @@ async fn a_batch_never_reaches_past_a_callback_still_being_written() {
             .runs
             .insert(run_key(LogId(id)), r.encode(&s.inner.names).unwrap())
             .unwrap();
+        OutboxEntry {
+            callback: Callback {
+                log_id: LogId(id),
+                log_date_time: r.trigger.log_date_time,
+                outcome: Outcome::success(),
+            },
+            queued_ms: 2,
+            trace: None,
+            kind: None,
+        }
     };
     let a = s.begin_callback().unwrap();
     let b = s.begin_callback().unwrap();
     assert!(a < b);
-    finished(2, b);
-    s.end_callback(b, LogId(2), 2, true);
+    let e = finished(2, b);
+    s.end_callback(b, Some(e));
     assert!(s.outbox_batch(50).unwrap().is_empty(), "2 waits behind 1");
     assert_eq!(s.outbox_len(), 1);
-    finished(1, a);
-    s.end_callback(a, LogId(1), 2, true);
+    let e = finished(1, a);
+    s.end_callback(a, Some(e));
     let batch = s.outbox_batch(50).unwrap();
     let ids: Vec<_> = batch.iter().map(|(_, e)| e.callback.log_id.0).collect();
     assert_eq!(ids, [1, 2]);
     // A place whose write failed holds nothing up.
     let c = s.begin_callback().unwrap();
-    s.end_callback(c, LogId(3), 2, false);
+    s.end_callback(c, None);
     s.ack(&batch).unwrap();
     assert_eq!(s.outbox_len(), 0);
     assert!(s.outbox_batch(50).unwrap().is_empty());
 }
 
-/// Memory holds the oldest waiting callbacks (16 here); a longer backlog waits on disk and is
-/// read back when memory runs short, still oldest first, across a restart, while new runs keep
-/// finishing.
+/// Memory holds the oldest waiting callbacks (16 here, 5 of them whole, the others read from
+/// their records when sent); a longer backlog waits on disk and is read back when memory runs
+/// short, still oldest first, across a restart, while new runs keep finishing.
 #[tokio::test]
 async fn a_backlog_longer_than_memory_is_delivered_oldest_first_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -286,6 +296,7 @@ async fn a_backlog_longer_than_memory_is_delivered_oldest_first_exactly_once() {
     {
         let s = Store::open(dir.path(), cfg()).unwrap();
         s.inner.waiting.lock().kept = 16;
+        s.inner.waiting.lock().whole_max = 5 * 64;
         s.recover().unwrap();
         finish_some(&s, 40);
         assert_eq!(s.outbox_len(), 40);
@@ -301,6 +312,7 @@ async fn a_backlog_longer_than_memory_is_delivered_oldest_first_exactly_once() {
     }
     let s = Store::open(dir.path(), cfg()).unwrap();
     s.inner.waiting.lock().kept = 16;
+    s.inner.waiting.lock().whole_max = 5 * 64;
     s.recover().unwrap();
     assert_eq!(s.outbox_len(), 25);
     assert!(s.outbox_oldest_queued_ms().is_some());
