@@ -7,10 +7,11 @@
 //! after the last line in the store.
 //!
 //! Lines are buffered per run and written as chunks (one sled key for many lines): when the
-//! run ends (before its outcome, so the outcome's flush carries them), when the last handle
-//! goes, when a chunk reaches [`CHUNK_BYTES`], before `/log` answers, and by the executor's
-//! log flusher at most `store.log_flush_ms` after they were written. A line waits in memory at
-//! most that long, which is the bound the README promises for a crash.
+//! last handle goes, when a chunk reaches [`CHUNK_BYTES`], before `/log` answers, and by the
+//! executor's log flusher at most `store.log_flush_ms` after they were written. A line waits in
+//! memory at most that long, which is the bound the README promises for a crash. An ended
+//! run's log is parked (kept live) until the reporter adds its "callback finish" line, so that
+//! a run's last lines and that one are one write, not two ([`RunLogs::park`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -50,6 +51,13 @@ const ENDED_KEPT: usize = 4096;
 /// anyway).
 const ENDED_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How many ended runs' logs wait, unwritten, for their "callback finish" line (see
+/// [`RunLogs::park`]); with [`PARK_BYTES`] each, at most about 2.5 MiB in a backlog.
+const PARKED_KEPT: usize = 2048;
+
+/// A log whose buffered lines exceed this is written when its run ends, not parked.
+const PARK_BYTES: usize = 1024;
+
 /// The logs of live runs; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct RunLogs {
@@ -65,6 +73,9 @@ struct Shared {
     /// store (a reverse range scan in sled) was ~7 % of the executor's CPU under load.
     /// Lock order: `live`, then this.
     ended: Mutex<Ended>,
+    /// Ended runs' logs kept live until their "callback finish" line (see [`RunLogs::park`]).
+    /// Lock order: after `live`; never held while a log is dropped.
+    parked: Mutex<Parked>,
     unflushed_writes: Arc<Unflushed>,
     /// Called when a line cannot be written (counted and logged by the owner).
     on_error: Box<dyn Fn(&StoreError) + Send + Sync>,
@@ -159,6 +170,47 @@ impl Ended {
     }
 }
 
+/// The logs of ended runs, held live (see [`RunLogs::park`]).
+#[derive(Default)]
+struct Parked {
+    logs: HashMap<LogId, (Arc<LogInner>, Instant)>,
+    /// In the order parked; may still name logs taken since (bounded all the same).
+    order: VecDeque<(LogId, Instant)>,
+}
+
+impl Parked {
+    /// Parks `log` unless full: as with [`Ended`], the oldest stay (the reporter takes them in
+    /// the order their runs ended) and what waited longer than [`ENDED_AGE`] makes room.
+    /// Returns the logs let go, to be dropped outside the lock (dropping writes them).
+    fn park(&mut self, log: Arc<LogInner>) -> (bool, Vec<Arc<LogInner>>) {
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        while let Some(&(old, at)) = self.order.front() {
+            let current = self.logs.get(&old).is_some_and(|e| e.1 == at);
+            if current {
+                let expired = now.saturating_duration_since(at) > ENDED_AGE;
+                if !(expired && self.logs.len() >= PARKED_KEPT) {
+                    break;
+                }
+                gone.extend(self.logs.remove(&old).map(|e| e.0));
+            }
+            self.order.pop_front();
+        }
+        if self.logs.len() >= PARKED_KEPT {
+            return (false, gone);
+        }
+        let id = log.log_id;
+        gone.extend(self.logs.insert(id, (log, now)).map(|e| e.0));
+        self.order.push_back((id, now));
+        if self.order.len() > 2 * PARKED_KEPT {
+            let logs = &self.logs;
+            self.order
+                .retain(|(id, at)| logs.get(id).is_some_and(|e| e.1 == *at));
+        }
+        (true, gone)
+    }
+}
+
 /// Lines written but not yet in the store.
 struct Pending {
     /// The number the next line gets.
@@ -186,6 +238,7 @@ impl RunLogs {
                 cap,
                 live: Mutex::new(HashMap::new()),
                 ended: Mutex::new(Ended::default()),
+                parked: Mutex::new(Parked::default()),
                 unflushed_writes: Arc::default(),
                 on_error: Box::new(on_error),
             }),
@@ -241,6 +294,21 @@ impl RunLogs {
         });
         live.insert(log_id, Arc::downgrade(&inner));
         RunLog { inner }
+    }
+
+    /// A run ended: its log stays live, its lines buffered, until the reporter's "callback
+    /// finish" line joins them, and the three go to the store as one chunk (one sled write
+    /// per run instead of two: the end of a run wrote its lines, the callback its line). The
+    /// bound holds: the log flusher writes what waited `store.log_flush_ms` (an admin that
+    /// is slow to answer), and `/log` writes what it is about to show. False when the log is
+    /// not parked (too much buffered, or too many parked): the caller writes it now.
+    pub(crate) fn park(&self, log: &RunLog) -> bool {
+        if lock(&log.inner.pending).bytes > PARK_BYTES {
+            return false;
+        }
+        let (parked, gone) = lock(&self.inner.parked).park(log.inner.clone());
+        drop(gone);
+        parked
     }
 
     /// Writes the buffered lines of every live log to the store.
@@ -495,6 +563,11 @@ impl RunLog {
     pub(crate) fn callback_finish(&self) {
         self.inner.remember_end.store(false, Ordering::Relaxed);
         self.system_with("<br>----------- xxl-job job callback finish.", false);
+        // The log's lines go to the store when the caller's handle goes (see `park`).
+        if let Some(shared) = self.inner.shared.upgrade() {
+            let parked = lock(&shared.parked).logs.remove(&self.inner.log_id);
+            drop(parked);
+        }
     }
 
     /// No admin took the callback (yet); `rejected` when one answered with an error code.
@@ -563,6 +636,55 @@ mod tests {
             .unwrap()
             .map(|p| p.lines)
             .unwrap_or_default()
+    }
+
+    /// An ended run's log waits, parked, for its "callback finish" line: nothing reaches the
+    /// store until the reporter's handle goes, then all of it in one write. A parked log whose
+    /// callback is late is still written within the bound, and `/log` (save) writes it at once.
+    #[tokio::test(start_paused = true)]
+    async fn an_ended_runs_log_waits_for_its_callback_line_and_goes_in_one_write() {
+        let (_d, store, logs) = logs(1 << 20).await;
+        let wait = std::time::Duration::from_millis(1000);
+        let log = logs.open_new(LogId(5));
+        log.start(Some("p"));
+        log.write_line("out");
+        log.end(&Outcome::success());
+        assert!(logs.park(&log));
+        drop(log);
+        assert_eq!(
+            store.last_log_line(LogId(5)).unwrap(),
+            0,
+            "nothing written yet"
+        );
+        let reporter = logs.open(LogId(5));
+        reporter.callback_finish();
+        assert_eq!(store.last_log_line(LogId(5)).unwrap(), 0);
+        drop(reporter);
+        let got = lines(&store, &logs, 5);
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(
+            got[1] == "out" && got[3].ends_with("callback finish."),
+            "{got:?}"
+        );
+        assert_eq!(logs.live(), 0, "no longer held");
+
+        // The admin is slow: the flusher writes the parked lines once they have waited.
+        let log = logs.open_new(LogId(6));
+        log.end(&Outcome::success());
+        assert!(logs.park(&log));
+        drop(log);
+        assert!(!logs.due(wait));
+        tokio::time::advance(wait).await;
+        assert!(logs.due(wait), "written, to be flushed");
+        assert_eq!(store.last_log_line(LogId(6)).unwrap(), 1);
+        // `/log` writes what a parked log holds before it reads.
+        logs.open(LogId(6)).note("late");
+        logs.save(LogId(6));
+        assert_eq!(store.last_log_line(LogId(6)).unwrap(), 2);
+        // Too much buffered: not parked, the caller writes it.
+        let log = logs.open_new(LogId(7));
+        log.write_line(&"x".repeat(PARK_BYTES + 1));
+        assert!(!logs.park(&log));
     }
 
     /// The log flusher's clock: a line is due once it has waited, and only once.

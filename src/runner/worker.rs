@@ -478,9 +478,11 @@ impl Runner {
             kind = OutcomeKind::Killed;
         }
         log.end(&outcome);
-        // The whole log goes into the store before the outcome, so the flush that precedes
-        // the callback carries both.
-        log.save();
+        // The log waits for its "callback finish" line to go to the store with it (or is
+        // written now, when it cannot wait).
+        if !inner.logs.park(&log) {
+            log.save();
+        }
         inner.metrics.executing.dec();
         span.record("xxl.job.outcome.code", outcome.code);
         span.record("xxl.job.outcome", kind.as_str());
