@@ -51,9 +51,14 @@ const ENDED_KEPT: usize = 4096;
 /// anyway).
 const ENDED_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// How many ended runs' logs wait, unwritten, for their "callback finish" line (see
-/// [`RunLogs::park`]); with [`PARK_BYTES`] each, at most about 2.5 MiB in a backlog.
-const PARKED_KEPT: usize = 2048;
+/// Memory for ended runs' logs waiting, unwritten, for their "callback finish" line (see
+/// [`RunLogs::park`]): their buffered bytes when parked, and [`PARK_OVERHEAD`] each. A short
+/// run's log takes about 500 bytes, so some 4,000 runs' callbacks can be on their way (a
+/// burst of 2,048 overflowed it in the e2e load, and every run then wrote its log twice).
+const PARKED_BYTES: usize = 2 << 20;
+
+/// What a parked log costs besides its lines: the handle, its counters, the map entries.
+const PARK_OVERHEAD: usize = 256;
 
 /// A log whose buffered lines exceed this is written when its run ends, not parked.
 const PARK_BYTES: usize = 1024;
@@ -173,7 +178,9 @@ impl Ended {
 /// The logs of ended runs, held live (see [`RunLogs::park`]).
 #[derive(Default)]
 struct Parked {
-    logs: HashMap<LogId, (Arc<LogInner>, Instant)>,
+    /// The log, when parked, and what it counted against [`PARKED_BYTES`].
+    logs: HashMap<LogId, (Arc<LogInner>, Instant, usize)>,
+    bytes: usize,
     /// In the order parked; may still name logs taken since (bounded all the same).
     order: VecDeque<(LogId, Instant)>,
 }
@@ -182,32 +189,44 @@ impl Parked {
     /// Parks `log` unless full: as with [`Ended`], the oldest stay (the reporter takes them in
     /// the order their runs ended) and what waited longer than [`ENDED_AGE`] makes room.
     /// Returns the logs let go, to be dropped outside the lock (dropping writes them).
-    fn park(&mut self, log: Arc<LogInner>) -> (bool, Vec<Arc<LogInner>>) {
+    fn park(&mut self, log: Arc<LogInner>, bytes: usize) -> (bool, Vec<Arc<LogInner>>) {
         let now = Instant::now();
+        let cost = bytes + PARK_OVERHEAD;
+        let full = |p: &Self| p.bytes + cost > PARKED_BYTES;
         let mut gone = Vec::new();
         while let Some(&(old, at)) = self.order.front() {
             let current = self.logs.get(&old).is_some_and(|e| e.1 == at);
             if current {
                 let expired = now.saturating_duration_since(at) > ENDED_AGE;
-                if !(expired && self.logs.len() >= PARKED_KEPT) {
+                if !(expired && full(self)) {
                     break;
                 }
-                gone.extend(self.logs.remove(&old).map(|e| e.0));
+                gone.extend(self.take(old));
             }
             self.order.pop_front();
         }
-        if self.logs.len() >= PARKED_KEPT {
+        if full(self) {
             return (false, gone);
         }
         let id = log.log_id;
-        gone.extend(self.logs.insert(id, (log, now)).map(|e| e.0));
+        gone.extend(self.take(id));
+        self.logs.insert(id, (log, now, cost));
+        self.bytes += cost;
         self.order.push_back((id, now));
-        if self.order.len() > 2 * PARKED_KEPT {
+        // Logs taken out of order leave their names behind the front.
+        if self.order.len() > 2 * self.logs.len() + 64 {
             let logs = &self.logs;
             self.order
                 .retain(|(id, at)| logs.get(id).is_some_and(|e| e.1 == *at));
         }
         (true, gone)
+    }
+
+    /// Unparks a log (to be dropped outside the lock).
+    fn take(&mut self, id: LogId) -> Option<Arc<LogInner>> {
+        let (log, _, cost) = self.logs.remove(&id)?;
+        self.bytes -= cost;
+        Some(log)
     }
 }
 
@@ -301,12 +320,14 @@ impl RunLogs {
     /// per run instead of two: the end of a run wrote its lines, the callback its line). The
     /// bound holds: the log flusher writes what waited `store.log_flush_ms` (an admin that
     /// is slow to answer), and `/log` writes what it is about to show. False when the log is
-    /// not parked (too much buffered, or too many parked): the caller writes it now.
+    /// not parked (more than [`PARK_BYTES`] buffered, or [`PARKED_BYTES`] reached): the caller
+    /// writes it now.
     pub(crate) fn park(&self, log: &RunLog) -> bool {
-        if lock(&log.inner.pending).bytes > PARK_BYTES {
+        let bytes = lock(&log.inner.pending).bytes;
+        if bytes > PARK_BYTES {
             return false;
         }
-        let (parked, gone) = lock(&self.inner.parked).park(log.inner.clone());
+        let (parked, gone) = lock(&self.inner.parked).park(log.inner.clone(), bytes);
         drop(gone);
         parked
     }
@@ -565,7 +586,7 @@ impl RunLog {
         self.system_with("<br>----------- xxl-job job callback finish.", false);
         // The log's lines go to the store when the caller's handle goes (see `park`).
         if let Some(shared) = self.inner.shared.upgrade() {
-            let parked = lock(&shared.parked).logs.remove(&self.inner.log_id);
+            let parked = lock(&shared.parked).take(self.inner.log_id);
             drop(parked);
         }
     }
