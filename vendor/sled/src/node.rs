@@ -170,11 +170,11 @@ impl Node {
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
+            split_point: usize,
         ) -> (IVec, u8, Vec<IVec>, Vec<T>)
         where
             T: Clone + Ord,
         {
-            let split_point = keys.len() / 2 + 1;
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -245,6 +245,7 @@ impl Node {
         let prefixed_hi = &self.hi;
         let (split, right_prefix_len, right_data) = match self.data {
             Data::Index(ref mut index) => {
+                let split_point = index.keys.len() / 2 + 1;
                 let (split, right_prefix_len, right_keys, right_values) =
                     split_inner(
                         &mut index.keys,
@@ -252,6 +253,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         false,
+                        split_point,
                     );
 
                 (
@@ -264,6 +266,14 @@ impl Node {
                 )
             }
             Data::Leaf(ref mut leaf) => {
+                // xxl-edge: the last leaf of a tree grows by appends when its keys count up
+                // (logIds, sequences), so it keeps all but a few entries on the left: the new
+                // right leaf fills up again in three quarters of the inserts instead of half,
+                // and the leaves it leaves behind stay full instead of half empty. Four on the
+                // right: a leaf of fewer is merged (`should_merge`).
+                let n = leaf.keys.len();
+                let split_point =
+                    if prefixed_hi.is_empty() && n > 8 { n - 4 } else { n / 2 + 1 };
                 let (split, right_prefix_len, right_keys, right_values) =
                     split_inner(
                         &mut leaf.keys,
@@ -271,6 +281,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
+                        split_point,
                     );
 
                 (
