@@ -9,9 +9,10 @@
 //! Lines are buffered per run and written as chunks (one sled key for many lines): when the
 //! last handle goes, when a chunk reaches [`CHUNK_BYTES`], before `/log` answers, and by the
 //! executor's log flusher at most `store.log_flush_ms` after they were written. A line waits in
-//! memory at most that long, which is the bound the README promises for a crash. An ended
-//! run's log is parked (kept live) until the reporter adds its "callback finish" line, so that
-//! a run's last lines and that one are one write, not two ([`RunLogs::park`]).
+//! memory at most that long, which is the bound the README promises for a crash. While other
+//! jobs are busy, an ended run's log is parked (kept live) until the reporter adds its
+//! "callback finish" line, so that a run's last lines and that one are one write, not two
+//! ([`RunLogs::park`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -319,7 +320,8 @@ impl RunLogs {
     /// finish" line joins them, and the three go to the store as one chunk (one sled write
     /// per run instead of two: the end of a run wrote its lines, the callback its line). The
     /// bound holds: the log flusher writes what waited `store.log_flush_ms` (an admin that
-    /// is slow to answer), and `/log` writes what it is about to show. False when the log is
+    /// is slow to answer), and `/log` writes what it is about to show. The runner parks only
+    /// while other jobs are busy, whose flushes then carry the chunk. False when the log is
     /// not parked (more than [`PARK_BYTES`] buffered, or [`PARKED_BYTES`] reached): the caller
     /// writes it now.
     pub(crate) fn park(&self, log: &RunLog) -> bool {
