@@ -61,7 +61,7 @@ end
 return 0
 ";
 
-/// Records a success (ARGV[2] = '1') and releases the lock if the caller still holds it.
+/// Records a success (`ARGV[2] = '1'`) and releases the lock if the caller still holds it.
 const SETTLE: &str = r"
 if ARGV[2] == '1' then
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])

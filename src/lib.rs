@@ -9,17 +9,18 @@
 //!
 //! # Layout
 //! - [`job`]: domain types (`Trigger`, `Outcome`, ids, strategies); no I/O.
-//! - [`clock`]: epoch milliseconds and the log timestamp.
+//! - `clock`: epoch milliseconds and the log timestamp.
 //! - [`config`]: typed, validated configuration from defaults, TOML, environment and flags.
 //! - [`handler`]: the `JobHandler` trait, `JobContext`, command and GLUE script handlers.
 //! - [`telemetry`]: metrics on an explicit Prometheus registry; log setup.
-//! - [`store`]: the only module that names sled: journal, outbox, keys, run logs, retention.
-//! - [`admin`]: wire DTOs (the only place that spells XXL-JOB field names) and the admin client.
-//! - [`runner`]: admission, per-job workers, kill, timeout, recovery after restart.
+//! - `store`: the only module that names sled: journal, waiting callbacks, keys, run logs,
+//!   retention.
+//! - `admin`: wire DTOs (the only place that spells XXL-JOB field names) and the admin client.
+//! - `runner`: admission, per-job workers, kill, timeout, recovery after restart.
 //! - `runlog`: one home for a run's log lines, their counter and cap.
-//! - [`report`]: outbox delivery in batches of at most 50 with backoff.
-//! - [`registry`]: the 30 s registration loop and `registryRemove`.
-//! - [`api`]: the warp routes and the single error-to-envelope mapping.
+//! - `report`: callback delivery, oldest first, in batches of at most 50 with backoff.
+//! - `registry`: the 30 s registration loop and `registryRemove`.
+//! - `api`: the warp routes and the single error-to-envelope mapping.
 //! - [`executor`]: `Executor::builder()` wiring and graceful shutdown.
 //! - [`tls`]: TLS on the executor port, with certificates reloaded when they change.
 //!

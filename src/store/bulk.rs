@@ -8,7 +8,7 @@ use super::Bulk;
 use super::{Result, Store, StoreError};
 use crate::job::{Glue, LogId, RunState, Trigger};
 
-/// Bytes of the trigger's text that [`BULK_THRESHOLD`] counts.
+/// Bytes of the trigger's text that [`BULK_THRESHOLD`](super::BULK_THRESHOLD) counts.
 pub(crate) fn bulk_bytes(t: &Trigger) -> usize {
     let source = match &t.glue {
         Glue::Script { source, .. } => source.len(),

@@ -8,6 +8,11 @@
 //! crash leaves a mix that the next open simply migrates again: nothing is rewritten twice and
 //! nothing is read in the wrong format. `logs` keeps its layout; large-trigger files are read
 //! in either schema and so are left as they are until their run ends.
+//!
+//! ## Schema 2 to 3
+//!
+//! The `outbox` tree's callbacks move into their runs' records (see [`v2_to_v3`]); nothing
+//! else changes.
 
 use std::time::Instant;
 

@@ -5,8 +5,8 @@
 //! rewrites the leaf it sits in, so on a lone writer's flash each of its bytes costs about four;
 //! a handler's name was a third of a short run's record. The table only grows, and only when a
 //! name is new: it is written to `meta` before the record that first uses a number, so a record
-//! on disk never names a number the table on disk lacks (sled recovers a prefix of its writes;
-//! the same order keeps the outbox and the journal consistent, see `journal::finish`). Names are
+//! on disk never names a number the table on disk lacks (sled recovers a prefix of its writes,
+//! and the order of writes stands in for a transaction, see the store's module doc). Names are
 //! bounded by the handlers this executor knows, but a GLUE job's handler field is whatever its
 //! admin sends: past [`MAX_NAMES`] records keep the name as text.
 

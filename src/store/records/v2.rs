@@ -1,4 +1,6 @@
-//! Schema 2: the store's own compact encoding, written field by field.
+//! Schema 2: the store's own compact encoding, written field by field. Schema 3 keeps it and
+//! adds one optional field to run records (their trace, flag `R_TRACE`), which schema 2 kept in
+//! its outbox entries.
 //!
 //! Every value starts with [`FORMAT`], a byte that can never open a JSON value, so a schema-1
 //! record (JSON, always `{`) and a schema-2 one are told apart per record: that is what lets a
