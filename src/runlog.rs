@@ -78,10 +78,10 @@ struct Shared {
     /// reporter's "callback finish" follows each run's end, and finding the last line in the
     /// store (a reverse range scan in sled) was ~7 % of the executor's CPU under load.
     /// Lock order: `live`, then this.
-    ended: Mutex<Ended>,
+    ended: Mutex<OldestKept<u32>>,
     /// Ended runs' logs kept live until their "callback finish" line (see [`RunLogs::park`]).
     /// Lock order: after `live`; never held while a log is dropped.
-    parked: Mutex<Parked>,
+    parked: Mutex<OldestKept<Arc<LogInner>>>,
     unflushed_writes: Arc<Unflushed>,
     /// Called when a line cannot be written (counted and logged by the owner).
     on_error: Box<dyn Fn(&StoreError) + Send + Sync>,
@@ -130,73 +130,48 @@ struct Unflushed {
     in_flight: AtomicUsize,
 }
 
-/// The last line numbers of logs whose last handle went.
+/// Per-log memory for logs whose runs ended, within a budget of cost: the last line numbers
+/// of logs whose last handle went (`Shared::ended`, each costs 1) and the parked logs
+/// (`Shared::parked`, each costs its buffered bytes and [`PARK_OVERHEAD`]).
 ///
-/// When full, the oldest are kept and the new are not remembered: the reporter asks for them
-/// in the order their runs ended, so forgetting the oldest first made every lookup miss as
-/// soon as more than [`ENDED_KEPT`] callbacks waited (measured in the e2e load: the store
-/// answered every "callback finish" from then on, 4 % of the executor's CPU).
-#[derive(Default)]
-struct Ended {
-    /// The last line, and when it was remembered (which entry of `order` is current).
-    last: HashMap<LogId, (u32, Instant)>,
-    /// In the order remembered; may still name logs taken since (bounded all the same).
+/// When full, the oldest are kept and the new are not taken: the reporter asks for them in the
+/// order their runs ended, so forgetting the oldest first made every lookup miss as soon as
+/// more than [`ENDED_KEPT`] callbacks waited (measured in the e2e load: the store answered every
+/// "callback finish" from then on, 4 % of the executor's CPU). What was kept longer than
+/// [`ENDED_AGE`] ago makes room.
+struct OldestKept<V> {
+    /// The value, when it was kept (which entry of `order` is current), and its cost.
+    entries: HashMap<LogId, (V, Instant, usize)>,
+    used: usize,
+    budget: usize,
+    /// In the order kept; may still name logs taken since (bounded all the same).
     order: VecDeque<(LogId, Instant)>,
 }
 
-impl Ended {
-    fn take(&mut self, id: LogId) -> Option<u32> {
-        self.last.remove(&id).map(|(line, _)| line)
-    }
-
-    fn remember(&mut self, id: LogId, line: u32) {
-        let now = Instant::now();
-        while let Some(&(old, at)) = self.order.front() {
-            let current = self.last.get(&old).is_some_and(|e| e.1 == at);
-            if current {
-                let expired = now.saturating_duration_since(at) > ENDED_AGE;
-                if !(expired && self.last.len() >= ENDED_KEPT) {
-                    break;
-                }
-                self.last.remove(&old);
-            }
-            self.order.pop_front();
-        }
-        if self.last.len() >= ENDED_KEPT && !self.last.contains_key(&id) {
-            return;
-        }
-        self.last.insert(id, (line, now));
-        self.order.push_back((id, now));
-        // Logs taken out of order leave their names behind the front.
-        if self.order.len() > 2 * ENDED_KEPT {
-            let last = &self.last;
-            self.order
-                .retain(|(id, at)| last.get(id).is_some_and(|e| e.1 == *at));
+impl<V> OldestKept<V> {
+    fn new(budget: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            used: 0,
+            budget,
+            order: VecDeque::new(),
         }
     }
-}
 
-/// The logs of ended runs, held live (see [`RunLogs::park`]).
-#[derive(Default)]
-struct Parked {
-    /// The log, when parked, and what it counted against [`PARKED_BYTES`].
-    logs: HashMap<LogId, (Arc<LogInner>, Instant, usize)>,
-    bytes: usize,
-    /// In the order parked; may still name logs taken since (bounded all the same).
-    order: VecDeque<(LogId, Instant)>,
-}
+    fn take(&mut self, id: LogId) -> Option<V> {
+        let (v, _, cost) = self.entries.remove(&id)?;
+        self.used -= cost;
+        Some(v)
+    }
 
-impl Parked {
-    /// Parks `log` unless full: as with [`Ended`], the oldest stay (the reporter takes them in
-    /// the order their runs ended) and what waited longer than [`ENDED_AGE`] makes room.
-    /// Returns the logs let go, to be dropped outside the lock (dropping writes them).
-    fn park(&mut self, log: Arc<LogInner>, bytes: usize) -> (bool, Vec<Arc<LogInner>>) {
+    /// Keeps `v` for `id` unless full. Returns whether it was kept, and the values let go
+    /// (the one not kept among them), for the caller to drop outside its lock.
+    fn keep(&mut self, id: LogId, v: V, cost: usize) -> (bool, Vec<V>) {
         let now = Instant::now();
-        let cost = bytes + PARK_OVERHEAD;
-        let full = |p: &Self| p.bytes + cost > PARKED_BYTES;
-        let mut gone = Vec::new();
+        let full = |k: &Self| k.used + cost > k.budget;
+        let mut gone: Vec<V> = self.take(id).into_iter().collect();
         while let Some(&(old, at)) = self.order.front() {
-            let current = self.logs.get(&old).is_some_and(|e| e.1 == at);
+            let current = self.entries.get(&old).is_some_and(|e| e.1 == at);
             if current {
                 let expired = now.saturating_duration_since(at) > ENDED_AGE;
                 if !(expired && full(self)) {
@@ -207,27 +182,19 @@ impl Parked {
             self.order.pop_front();
         }
         if full(self) {
+            gone.push(v);
             return (false, gone);
         }
-        let id = log.log_id;
-        gone.extend(self.take(id));
-        self.logs.insert(id, (log, now, cost));
-        self.bytes += cost;
+        self.entries.insert(id, (v, now, cost));
+        self.used += cost;
         self.order.push_back((id, now));
         // Logs taken out of order leave their names behind the front.
-        if self.order.len() > 2 * self.logs.len() + 64 {
-            let logs = &self.logs;
+        if self.order.len() > 2 * self.entries.len().max(64) {
+            let entries = &self.entries;
             self.order
-                .retain(|(id, at)| logs.get(id).is_some_and(|e| e.1 == *at));
+                .retain(|(id, at)| entries.get(id).is_some_and(|e| e.1 == *at));
         }
         (true, gone)
-    }
-
-    /// Unparks a log (to be dropped outside the lock).
-    fn take(&mut self, id: LogId) -> Option<Arc<LogInner>> {
-        let (log, _, cost) = self.logs.remove(&id)?;
-        self.bytes -= cost;
-        Some(log)
     }
 }
 
@@ -257,8 +224,8 @@ impl RunLogs {
                 store,
                 cap,
                 live: Mutex::new(HashMap::new()),
-                ended: Mutex::new(Ended::default()),
-                parked: Mutex::new(Parked::default()),
+                ended: Mutex::new(OldestKept::new(ENDED_KEPT)),
+                parked: Mutex::new(OldestKept::new(PARKED_BYTES)),
                 unflushed_writes: Arc::default(),
                 on_error: Box::new(on_error),
             }),
@@ -329,7 +296,11 @@ impl RunLogs {
         if bytes > PARK_BYTES {
             return false;
         }
-        let (parked, gone) = lock(&self.inner.parked).park(log.inner.clone(), bytes);
+        let (parked, gone) = lock(&self.inner.parked).keep(
+            log.inner.log_id,
+            log.inner.clone(),
+            bytes + PARK_OVERHEAD,
+        );
         drop(gone);
         parked
     }
@@ -455,7 +426,7 @@ impl Drop for LogInner {
                 live.remove(&self.log_id);
                 if self.remember_end.load(Ordering::Relaxed) {
                     let last = lock(&self.pending).next.saturating_sub(1);
-                    lock(&shared.ended).remember(self.log_id, last);
+                    lock(&shared.ended).keep(self.log_id, last, 1);
                 }
             }
         }
@@ -797,7 +768,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
         };
-        let remembered = |id: i64| lock(&logs.inner.ended).last.contains_key(&LogId(id));
+        let remembered = |id: i64| lock(&logs.inner.ended).entries.contains_key(&LogId(id));
         let log = logs.open_new(LogId(5));
         log.start(None);
         log.write_line("a\nb");
@@ -842,7 +813,7 @@ mod tests {
             logs.open(LogId(id)).callback_finish();
         }
         let e = lock(&logs.inner.ended);
-        assert!(e.last.len() <= ENDED_KEPT && e.order.len() <= 2 * ENDED_KEPT);
+        assert!(e.entries.len() <= ENDED_KEPT && e.order.len() <= 2 * ENDED_KEPT);
     }
 
     /// Issue 9 #14: params of newlines were a system line outside the cap.
