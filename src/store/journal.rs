@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use super::bulk::{bulk_bytes, stripped, write_bulk};
-use super::records::{run_key, Bulk, OutboxEntry, RunRecord};
+use super::outbox::entry_of;
+use super::records::{run_key, Bulk, RunRecord};
 use super::{Result, Store, StoreError, BULK_THRESHOLD};
 use crate::clock;
-use crate::job::{Callback, LogId, Outcome, OutcomeKind, RunState, Trigger};
+use crate::job::{LogId, Outcome, OutcomeKind, RunState, Trigger};
 
 /// What the journal held at start.
 #[derive(Debug, Default)]
@@ -251,16 +252,7 @@ impl Store {
         let written = rec
             .encode(&self.inner.names)
             .and_then(|v| Ok(self.inner.runs.insert(key, v)?));
-        let callback = written.as_ref().ok().map(|_| OutboxEntry {
-            callback: Callback {
-                log_id: trigger.log_id,
-                log_date_time: rec.trigger.log_date_time,
-                outcome: outcome.clone(),
-            },
-            queued_ms: now,
-            trace: rec.trace.clone(),
-            kind: Some(kind),
-        });
+        let callback = written.as_ref().ok().and_then(|_| entry_of(&rec, seq));
         self.end_callback(seq, callback);
         written?;
         self.remove_after_flush(&rec);

@@ -99,7 +99,7 @@ pub(super) struct Collector {
 }
 
 /// The callback a finished record waits to send.
-fn entry_of(rec: &RunRecord, seq: u64) -> Option<OutboxEntry> {
+pub(super) fn entry_of(rec: &RunRecord, seq: u64) -> Option<OutboxEntry> {
     if rec.state != RunState::Finished || rec.outbox_seq != Some(seq) {
         return None;
     }
@@ -270,11 +270,10 @@ impl Store {
         if st.loaded && (st.queue.len() >= want.max(1) || st.on_disk == 0) {
             return Ok(());
         }
-        let c = st.collector(self.inner.waiting.delivered_below());
+        let mut c = st.collector(self.inner.waiting.delivered_below());
         if c.room == 0 {
             return Ok(());
         }
-        let mut c = c;
         let from = if st.loaded { st.on_disk_from } else { None };
         let scan = match from {
             Some(id) => self.inner.runs.range(run_key(id)..),
