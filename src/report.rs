@@ -264,15 +264,12 @@ impl Reporter {
         }
         match res {
             Ok(_) => {
-                // Not flushed on its own: the delivered watermark rides the next group
-                // commit, whenever one comes (the next `/run`'s or outcome's; the "callback
-                // finish" lines below do not make the log flusher flush either). A crash
-                // before then sends these callbacks once more, identical, and the admin
-                // ignores a repeated one; a flush per delivery was a third of a lone run's
-                // writes. Those lines are written after the watermark, and sled recovers a
-                // prefix of its writes, so a "callback finish" that `/log` has shown (it
-                // flushes first) means durably acknowledged.
-                if let Err(e) = self.store.ack(&batch) {
+                // Not flushed on its own: the delivered watermark and the "callback finish"
+                // lines (kept with it, one write per batch) ride the next group commit,
+                // whenever one comes (the next `/run`'s or outcome's). A crash before then
+                // sends these callbacks once more, identical, and the admin ignores a repeated
+                // one; a flush per delivery was a third of a lone run's writes.
+                if let Err(e) = self.logs.callback_finish(&batch) {
                     internal_error!(
                         self.metrics,
                         Op::OutboxAck,
@@ -288,9 +285,6 @@ impl Reporter {
                     .callbacks
                     .with_label_values(&["delivered"])
                     .inc_by(n);
-                for (_, e) in &batch {
-                    self.logs.open(e.callback.log_id).callback_finish();
-                }
                 for (_, e) in &batch {
                     self.noted.remove(&e.callback.log_id.0);
                 }

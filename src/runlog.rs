@@ -9,10 +9,10 @@
 //! Lines are buffered per run and written as chunks (one sled key for many lines): when the
 //! last handle goes, when a chunk reaches [`CHUNK_BYTES`], before `/log` answers, and by the
 //! executor's log flusher at most `store.log_flush_ms` after they were written. A line waits in
-//! memory at most that long, which is the bound the README promises for a crash. While other
-//! jobs are busy, an ended run's log is parked (kept live) until the reporter adds its
-//! "callback finish" line, so that a run's last lines and that one are one write, not two
-//! ([`RunLogs::park`]).
+//! memory at most that long, which is the bound the README promises for a crash. The
+//! reporter's "callback finish" lines are not written to the runs' logs: each run's line gets
+//! its number here, and the store keeps the numbers of a whole batch in one write
+//! ([`RunLogs::callback_finish`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -52,18 +52,6 @@ const ENDED_KEPT: usize = 4096;
 /// anyway).
 const ENDED_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Memory for ended runs' logs waiting, unwritten, for their "callback finish" line (see
-/// [`RunLogs::park`]): their buffered bytes when parked, and [`PARK_OVERHEAD`] each. A short
-/// run's log takes about 500 bytes, so some 4,000 runs' callbacks can be on their way (a
-/// burst of 2,048 overflowed it in the e2e load, and every run then wrote its log twice).
-const PARKED_BYTES: usize = 2 << 20;
-
-/// What a parked log costs besides its lines: the handle, its counters, the map entries.
-const PARK_OVERHEAD: usize = 256;
-
-/// A log whose buffered lines exceed this is written when its run ends, not parked.
-const PARK_BYTES: usize = 1024;
-
 /// The logs of live runs; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct RunLogs {
@@ -79,9 +67,6 @@ struct Shared {
     /// store (a reverse range scan in sled) was ~7 % of the executor's CPU under load.
     /// Lock order: `live`, then this.
     ended: Mutex<OldestKept<u32>>,
-    /// Ended runs' logs kept live until their "callback finish" line (see [`RunLogs::park`]).
-    /// Lock order: after `live`; never held while a log is dropped.
-    parked: Mutex<OldestKept<Arc<LogInner>>>,
     unflushed_writes: Arc<Unflushed>,
     /// Called when a line cannot be written (counted and logged by the owner).
     on_error: Box<dyn Fn(&StoreError) + Send + Sync>,
@@ -123,16 +108,15 @@ struct Unflushed {
     /// (one entry per epoch; `None`: only lines that wait for the next flush, see
     /// [`RunLog::callback_finish`]).
     writes: Mutex<VecDeque<(u64, Option<Instant>)>>,
-    /// Chunks between their store write and their entry in `writes`. A reader that has
-    /// already seen such a chunk in the store (a `/log` page) must count it as unflushed: a
-    /// handle dropped by the reporter right after "callback finish" writes it there, and the
-    /// crash test saw `/log` serve the line unflushed and a restart take it back.
+    /// Writes between the store and their entry in `writes`. A reader that has already seen
+    /// such a write in the store (a `/log` page) must count it as unflushed: the crash test
+    /// saw `/log` serve a line unflushed (a handle dropped right after "callback finish"
+    /// wrote it) and a restart take it back.
     in_flight: AtomicUsize,
 }
 
 /// Per-log memory for logs whose runs ended, within a budget of cost: the last line numbers
-/// of logs whose last handle went (`Shared::ended`, each costs 1) and the parked logs
-/// (`Shared::parked`, each costs its buffered bytes and [`PARK_OVERHEAD`]).
+/// of logs whose last handle went (`Shared::ended`, each costs 1).
 ///
 /// When full, the oldest are kept and the new are not taken: the reporter asks for them in the
 /// order their runs ended, so forgetting the oldest first made every lookup miss as soon as
@@ -225,7 +209,6 @@ impl RunLogs {
                 cap,
                 live: Mutex::new(HashMap::new()),
                 ended: Mutex::new(OldestKept::new(ENDED_KEPT)),
-                parked: Mutex::new(OldestKept::new(PARKED_BYTES)),
                 unflushed_writes: Arc::default(),
                 on_error: Box::new(on_error),
             }),
@@ -283,26 +266,54 @@ impl RunLogs {
         RunLog { inner }
     }
 
-    /// A run ended: its log stays live, its lines buffered, until the reporter's "callback
-    /// finish" line joins them, and the three go to the store as one chunk (one sled write
-    /// per run instead of two: the end of a run wrote its lines, the callback its line). The
-    /// bound holds: the log flusher writes what waited `store.log_flush_ms` (an admin that
-    /// is slow to answer), and `/log` writes what it is about to show. The runner parks only
-    /// while other jobs are busy, whose flushes then carry the chunk. False when the log is
-    /// not parked (more than [`PARK_BYTES`] buffered, or [`PARKED_BYTES`] reached): the caller
-    /// writes it now.
-    pub(crate) fn park(&self, log: &RunLog) -> bool {
-        let bytes = lock(&log.inner.pending).bytes;
-        if bytes > PARK_BYTES {
-            return false;
+    /// The admin acknowledged these callbacks: each run's log takes a line number for its
+    /// "callback finish", and the store keeps the numbers of the whole batch with the
+    /// watermark ([`Store::ack_with_lines`]), where `/log` finds them. One write per batch:
+    /// a line written to each run's log was a sled write per run, as costly as its outcome.
+    ///
+    /// Like the line it stands for, the acknowledgement rides the next flush, and the log
+    /// flusher does not flush for it (at a run a minute, that flush was a third of what each
+    /// run wrote); `/log` flushes before it shows the line, so a crash cannot take it back.
+    ///
+    /// # Errors
+    /// The store's, when the acknowledgement cannot be written.
+    pub(crate) fn callback_finish(
+        &self,
+        batch: &[(u64, crate::store::OutboxEntry)],
+    ) -> Result<(), StoreError> {
+        let lines: Vec<(LogId, u32)> = batch
+            .iter()
+            .map(|(_, e)| (e.callback.log_id, self.take_line(e.callback.log_id)))
+            .collect();
+        let unflushed = &self.inner.unflushed_writes;
+        // A `/log` reader that sees the line before its entry below counts it as unflushed.
+        unflushed.in_flight.fetch_add(1, Ordering::SeqCst);
+        let res = self.inner.store.ack_with_lines(batch, &lines);
+        let epoch = self.inner.store.flush_epoch();
+        {
+            let mut w = lock(&unflushed.writes);
+            if w.back().is_none_or(|(e, _)| *e != epoch) {
+                w.push_back((epoch, None));
+            }
         }
-        let (parked, gone) = lock(&self.inner.parked).keep(
-            log.inner.log_id,
-            log.inner.clone(),
-            bytes + PARK_OVERHEAD,
-        );
-        drop(gone);
-        parked
+        unflushed.in_flight.fetch_sub(1, Ordering::SeqCst);
+        res
+    }
+
+    /// The next line number of a run's log, taken for a line that the store makes (the
+    /// "callback finish"): later lines come after it.
+    fn take_line(&self, log_id: LogId) -> u32 {
+        let log = self.open(log_id);
+        // After "callback finish" a log is rarely opened again: its end is not remembered
+        // (it would only crowd out the runs whose callbacks are still on their way).
+        log.inner.remember_end.store(false, Ordering::Relaxed);
+        let mut p = lock(&log.inner.pending);
+        // Buffered lines are numbered up to `next`: they go first, so the number taken
+        // cannot fall among them.
+        log.inner.write_locked(&mut p);
+        let n = p.next;
+        p.next = p.next.saturating_add(1);
+        n
     }
 
     /// Writes the buffered lines of every live log to the store.
@@ -550,20 +561,6 @@ impl RunLog {
         self.system(&format!("<br>----------- {msg}"));
     }
 
-    /// The admin acknowledged the callback. The line rides the next flush like the outbox
-    /// deletion it reports, and the log flusher does not flush for it: at a run a minute,
-    /// that flush was a third of what each run wrote (three 4 KiB flushes instead of two).
-    /// `/log` still flushes before it shows the line, so a crash cannot take it back.
-    pub(crate) fn callback_finish(&self) {
-        self.inner.remember_end.store(false, Ordering::Relaxed);
-        self.system_with("<br>----------- xxl-job job callback finish.", false);
-        // The log's lines go to the store when the caller's handle goes (see `park`).
-        if let Some(shared) = self.inner.shared.upgrade() {
-            let parked = lock(&shared.parked).take(self.inner.log_id);
-            drop(parked);
-        }
-    }
-
     /// No admin took the callback (yet); `rejected` when one answered with an error code.
     pub(crate) fn callback_failed(&self, rejected: bool, error: &str) {
         if rejected {
@@ -619,8 +616,22 @@ mod tests {
     async fn logs(cap: u64) -> (tempfile::TempDir, Store, RunLogs) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), crate::config::Config::defaults().store).unwrap();
+        store.recover().unwrap();
         let logs = RunLogs::new(store.clone(), cap, |_| {});
         (dir, store, logs)
+    }
+
+    /// Runs `ids` finish and the admin acknowledges their callbacks, as the reporter does.
+    fn deliver(store: &Store, logs: &RunLogs, ids: &[i64]) {
+        for &id in ids {
+            let t = crate::job::Trigger::for_test(id);
+            store.insert_accepted(&t, true).unwrap();
+            let kind = crate::job::OutcomeKind::Success;
+            assert!(store.finish(&t, &Outcome::success(), kind, None).unwrap());
+        }
+        let batch = store.outbox_batch(50).unwrap();
+        assert_eq!(batch.len(), ids.len());
+        logs.callback_finish(&batch).unwrap();
     }
 
     fn lines(store: &Store, logs: &RunLogs, id: i64) -> Vec<String> {
@@ -632,53 +643,55 @@ mod tests {
             .unwrap_or_default()
     }
 
-    /// An ended run's log waits, parked, for its "callback finish" line: nothing reaches the
-    /// store until the reporter's handle goes, then all of it in one write. A parked log whose
-    /// callback is late is still written within the bound, and `/log` (save) writes it at once.
-    #[tokio::test(start_paused = true)]
-    async fn an_ended_runs_log_waits_for_its_callback_line_and_goes_in_one_write() {
+    /// A delivered batch gives each run's log its "callback finish" line without a write to
+    /// any log: the number is taken here, the store keeps the batch's numbers in one write,
+    /// and `/log` shows the line at its number, before any line written after it.
+    #[tokio::test]
+    async fn a_delivered_batch_numbers_each_runs_callback_line_in_one_write() {
         let (_d, store, logs) = logs(1 << 20).await;
-        let wait = std::time::Duration::from_millis(1000);
-        let log = logs.open_new(LogId(5));
-        log.start(Some("p"));
-        log.write_line("out");
-        log.end(&Outcome::success());
-        assert!(logs.park(&log));
-        drop(log);
-        assert_eq!(
-            store.last_log_line(LogId(5)).unwrap(),
-            0,
-            "nothing written yet"
-        );
-        let reporter = logs.open(LogId(5));
-        reporter.callback_finish();
-        assert_eq!(store.last_log_line(LogId(5)).unwrap(), 0);
-        drop(reporter);
+        for id in [5, 6] {
+            let log = logs.open_new(LogId(id));
+            log.start(Some("p"));
+            log.write_line("out");
+            log.end(&Outcome::success());
+        }
+        logs.save_all();
+        let written = store.last_log_line(LogId(5)).unwrap();
+        assert_eq!(written, 3);
+        deliver(&store, &logs, &[5, 6]);
+        for id in [5, 6] {
+            let got = lines(&store, &logs, id);
+            assert_eq!(got.len(), 4, "{got:?}");
+            assert!(
+                got[1] == "out"
+                    && got[3].ends_with(" [xxl-edge] <br>----------- xxl-job job callback finish."),
+                "{got:?}"
+            );
+            assert_eq!(store.last_log_line(LogId(id)).unwrap(), 4, "it counts");
+        }
+        // A later line (a late handler write, a reopened log) comes after it.
+        logs.open(LogId(5)).note("late");
         let got = lines(&store, &logs, 5);
-        assert_eq!(got.len(), 4, "{got:?}");
         assert!(
-            got[1] == "out" && got[3].ends_with("callback finish."),
+            got[3].ends_with("callback finish.") && got[4].ends_with("late"),
             "{got:?}"
         );
+        // Pages still cut at their bounds around it.
+        let page = store.read_log(LogId(5), 4, 1, usize::MAX).unwrap().unwrap();
+        assert_eq!((page.to, page.lines.len()), (4, 1));
+        assert!(page.lines[0].ends_with("callback finish."));
+        let page = store.read_log(LogId(5), 2, 2, usize::MAX).unwrap().unwrap();
+        assert_eq!(page.to, 3);
+        let page = store
+            .read_log(LogId(5), 5, 10, usize::MAX)
+            .unwrap()
+            .unwrap();
+        assert_eq!((page.to, page.lines.len()), (5, 1));
+        // A run with no line of its own yet: its callback line is line 1.
+        deliver(&store, &logs, &[7]);
+        let got = lines(&store, &logs, 7);
+        assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(logs.live(), 0, "no longer held");
-
-        // The admin is slow: the flusher writes the parked lines once they have waited.
-        let log = logs.open_new(LogId(6));
-        log.end(&Outcome::success());
-        assert!(logs.park(&log));
-        drop(log);
-        assert!(!logs.due(wait));
-        tokio::time::advance(wait).await;
-        assert!(logs.due(wait), "written, to be flushed");
-        assert_eq!(store.last_log_line(LogId(6)).unwrap(), 1);
-        // `/log` writes what a parked log holds before it reads.
-        logs.open(LogId(6)).note("late");
-        logs.save(LogId(6));
-        assert_eq!(store.last_log_line(LogId(6)).unwrap(), 2);
-        // Too much buffered: not parked, the caller writes it.
-        let log = logs.open_new(LogId(7));
-        log.write_line(&"x".repeat(PARK_BYTES + 1));
-        assert!(!logs.park(&log));
     }
 
     /// The log flusher's clock: a line is due once it has waited, and only once.
@@ -707,11 +720,11 @@ mod tests {
         assert_eq!(got, ["buffered", "more"]);
     }
 
-    /// The "callback finish" line waits for the next flush like the outbox deletion it
-    /// reports: alone it never makes the log flusher flush (a third 4 KiB flush per run at low
-    /// rates), yet `/log` sees it as unflushed and flushes before showing it.
+    /// The "callback finish" lines wait for the next flush like the watermark they are kept
+    /// with: alone they never make the log flusher flush (a third 4 KiB flush per run at low
+    /// rates), yet `/log` sees them as unflushed and flushes before showing them.
     #[tokio::test(start_paused = true)]
-    async fn the_callback_finish_line_rides_the_next_flush() {
+    async fn the_callback_finish_lines_ride_the_next_flush() {
         let (_d, store, logs) = logs(1 << 20).await;
         let wait = std::time::Duration::from_millis(1000);
         let log = logs.open(LogId(3));
@@ -719,15 +732,15 @@ mod tests {
         log.save();
         store.synced().await.unwrap();
         drop(log);
-        logs.open(LogId(3)).callback_finish();
+        deliver(&store, &logs, &[3]);
         tokio::time::advance(wait * 10).await;
         assert!(!logs.due(wait), "the flusher does not flush for it");
         assert!(logs.unflushed(), "a /log reader flushes for it");
         assert!(lines(&store, &logs, 3)[1].ends_with("callback finish."));
-        // A bounded line in the same buffer brings the bound back.
-        let live = logs.open(LogId(4));
-        live.callback_finish();
-        live.note("after");
+        store.synced().await.unwrap();
+        assert!(!logs.unflushed());
+        // A bounded line after it brings the bound back.
+        logs.open(LogId(3)).note("after");
         tokio::time::advance(wait).await;
         assert!(logs.due(wait));
         store.synced().await.unwrap();
@@ -741,14 +754,13 @@ mod tests {
         let (_d, store, logs) = logs(1 << 20).await;
         let runner_side = logs.open(LogId(1));
         runner_side.start(Some("p"));
-        let reporter_side = logs.open(LogId(1));
-        reporter_side.callback_finish();
+        deliver(&store, &logs, &[1]);
         runner_side.write_line("late handler line");
         let got = lines(&store, &logs, 1);
         assert_eq!(got.len(), 3, "{got:?}");
         assert!(got[1].ends_with("callback finish."));
         assert_eq!(got[2], "late handler line");
-        drop((runner_side, reporter_side));
+        drop(runner_side);
         assert_eq!(logs.live(), 0, "dropped logs leave the map");
         // Nobody holds it: a new handle continues after the stored lines.
         logs.open(LogId(1)).note("after");
@@ -774,7 +786,7 @@ mod tests {
         log.write_line("a\nb");
         drop(log);
         assert!(remembered(5));
-        logs.open(LogId(5)).callback_finish();
+        deliver(&store, &logs, &[5]);
         let p = page(5);
         assert_eq!(p.to, 4);
         assert!(p.lines[3].ends_with("callback finish."), "{:?}", p.lines);
@@ -797,9 +809,9 @@ mod tests {
         logs.open(LogId(newest)).note("after");
         let p = page(newest);
         assert_eq!((p.to, p.lines.len()), (2, 2), "{:?}", p.lines);
-        // A log taken again, for good after its callback's line, leaves room.
-        logs.open(LogId(5)).callback_finish();
-        assert_eq!(page(5).to, 5);
+        // A log taken again, for good after a callback's line, leaves room.
+        assert_eq!(logs.take_line(LogId(5)), 5);
+        assert!(!remembered(5));
         drop(logs.open_new(LogId(50_000)));
         assert!(remembered(50_000));
         // Full, and the oldest were remembered long ago: one goes for each new one.
@@ -810,7 +822,7 @@ mod tests {
         // Logs that come and go keep `order` bounded.
         for id in 70_000..70_000 + 3 * ENDED_KEPT as i64 {
             drop(logs.open_new(LogId(id)));
-            logs.open(LogId(id)).callback_finish();
+            logs.take_line(LogId(id));
         }
         let e = lock(&logs.inner.ended);
         assert!(e.entries.len() <= ENDED_KEPT && e.order.len() <= 2 * ENDED_KEPT);

@@ -231,7 +231,7 @@ type RawTree = BTreeMap<Vec<u8>, Vec<u8>>;
 /// only some time after a close).
 fn raw_trees(data: &Path) -> BTreeMap<&'static str, RawTree> {
     let db = sled::open(data.join("store")).unwrap();
-    ["runs", "outbox", "keys", "logs", "meta"]
+    ["runs", "outbox", "keys", "logs", "meta", "acks"]
         .into_iter()
         .map(|name| {
             let t = db.open_tree(name).unwrap();
@@ -575,11 +575,14 @@ async fn a_schema_2_store_of_the_first_formats_is_read_and_its_work_goes_on() {
             m.entry(key_log_id(k)).or_insert_with(Vec::new).push(v[0]);
             m
         });
+    // The runs that ran after the upgrade wrote lines, and 203 its restart note; 204 to 206
+    // only got their "callback finish", which is kept with the acknowledgements.
     assert_eq!(
         new_chunks.keys().copied().collect::<Vec<_>>(),
-        [201, 202, 203, 204, 205, 206, 210, 220, 221],
+        [201, 202, 203, 210, 220, 221],
         "{new_chunks:?}"
     );
+    assert!(!now["acks"].is_empty());
     assert!(
         new_chunks.values().flatten().all(|&f| f == 0x01),
         "{new_chunks:?}"

@@ -28,6 +28,7 @@ use std::ops::RangeInclusive;
 
 use super::records::log_key;
 use super::{Result, Store};
+use crate::clock;
 use crate::job::LogId;
 
 /// A chunk in format `0x00`.
@@ -210,6 +211,43 @@ pub struct LogPage {
     pub to: u32,
 }
 
+/// The "callback finish" line after its time (see [`Store::read_log`]): the text the run log
+/// wrote into the `logs` tree before acknowledgements were kept.
+const CALLBACK_FINISH: &str = PHRASES[3];
+
+/// A page being filled, within its bounds.
+struct Page {
+    lines: Vec<String>,
+    bytes: usize,
+    to: u32,
+    max_lines: usize,
+    max_bytes: usize,
+}
+
+impl Page {
+    /// Adds line `n`; false when the page is full (the line is not added).
+    fn push(&mut self, n: u32, mut text: String) -> bool {
+        if !self.lines.is_empty()
+            && (self.lines.len() >= self.max_lines || self.bytes + text.len() + 1 > self.max_bytes)
+        {
+            return false;
+        }
+        if text.len() + 1 > self.max_bytes {
+            // A line longer than a whole page (written before lines were split, or a page
+            // bound below the line bound) is cut: a page never exceeds its bound.
+            let mut cut = self.max_bytes.saturating_sub(1);
+            while cut > 0 && !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        self.bytes += text.len() + 1;
+        self.to = n;
+        self.lines.push(text);
+        true
+    }
+}
+
 /// How a stored value's lines are encoded.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -292,11 +330,30 @@ impl Store {
         self.append_log_chunk(id, line, &[text])
     }
 
-    /// The number of the last line of a run's log, 0 if none.
+    /// The number of the last line of a run's log, 0 if none; its "callback finish" line
+    /// (see [`Store::ack_with_lines`]) counts.
     ///
     /// # Errors
     /// I/O.
     pub fn last_log_line(&self, id: LogId) -> Result<u32> {
+        let stored = self.last_stored_line(id)?;
+        let acked = match self.callback_line_of(id)? {
+            Some((n, _)) => n,
+            None => 0,
+        };
+        Ok(stored.max(acked))
+    }
+
+    /// The "callback finish" line of a run whose callback was delivered: its number and time.
+    fn callback_line_of(&self, id: LogId) -> Result<Option<(u32, i64)>> {
+        match self.run(id)? {
+            Some(rec) => self.callback_line(&rec),
+            None => Ok(None),
+        }
+    }
+
+    /// The number of the last line the `logs` tree holds for a run, 0 if none.
+    fn last_stored_line(&self, id: LogId) -> Result<u32> {
         let start = log_key(id, 0);
         let end = log_key(id, u32::MAX);
         // A run's log is one or two chunks unless it printed more than 32 KiB: walking them
@@ -321,6 +378,10 @@ impl Store {
     /// Reads lines `from..` of a run's log, bounded by line count and bytes. `None` when the
     /// run is unknown and has no log.
     ///
+    /// The "callback finish" line is not in the `logs` tree: it is made here, at its number,
+    /// from the acknowledgement of the batch that carried the run's callback (one write per
+    /// batch instead of a line written to each run's log).
+    ///
     /// # Errors
     /// I/O.
     pub fn read_log(
@@ -331,6 +392,13 @@ impl Store {
         max_bytes: usize,
     ) -> Result<Option<LogPage>> {
         let from = from.max(1);
+        let acked = self.callback_line_of(id)?.filter(|(n, _)| *n >= from);
+        let mut callback = acked.map(|(n, at)| {
+            let mut line = String::with_capacity(80);
+            clock::push_ts(&mut line, at);
+            line.push_str(CALLBACK_FINISH);
+            (n, line)
+        });
         // The chunk that holds `from` starts at or before it.
         let start = match self
             .inner
@@ -341,9 +409,13 @@ impl Store {
             Some(item) => first_line(&item?.0),
             None => from,
         };
-        let mut lines = Vec::new();
-        let mut bytes = 0usize;
-        let mut to = 0;
+        let mut page = Page {
+            lines: Vec::new(),
+            bytes: 0,
+            to: 0,
+            max_lines,
+            max_bytes,
+        };
         'chunks: for item in self
             .inner
             .logs
@@ -351,31 +423,28 @@ impl Store {
         {
             let (k, v) = item?;
             let first = first_line(&k);
-            for (i, mut text) in chunk_texts(&v).enumerate() {
+            for (i, text) in chunk_texts(&v).enumerate() {
                 let n = first.saturating_add(i as u32);
                 if n < from {
                     continue;
                 }
-                if !lines.is_empty()
-                    && (lines.len() >= max_lines || bytes + text.len() + 1 > max_bytes)
-                {
+                // A stored line of the same number wins (one written after a crash lost
+                // the reservation).
+                if let Some((c, line)) = callback.take_if(|(c, _)| *c <= n) {
+                    if c < n && !page.push(c, line) {
+                        break 'chunks;
+                    }
+                }
+                if !page.push(n, text) {
                     break 'chunks;
                 }
-                if text.len() + 1 > max_bytes {
-                    // A line longer than a whole page (written before lines were split, or a
-                    // page bound below the line bound) is cut: a page never exceeds its bound.
-                    let mut cut = max_bytes.saturating_sub(1);
-                    while cut > 0 && !text.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    text.truncate(cut);
-                }
-                bytes += text.len() + 1;
-                to = n;
-                lines.push(text);
             }
         }
-        if lines.is_empty() && !self.has_run(id)? && self.last_log_line(id)? == 0 {
+        if let Some((c, line)) = callback {
+            page.push(c, line);
+        }
+        let Page { lines, to, .. } = page;
+        if lines.is_empty() && !self.has_run(id)? && self.last_stored_line(id)? == 0 {
             return Ok(None);
         }
         Ok(Some(LogPage { lines, to }))

@@ -11,6 +11,9 @@
 //! - `meta`: schema version, store id and pruned watermark (see [`anchor`]), the watermark of
 //!   delivered callbacks (`outbox`), and the handler names that run records refer to by number
 //!   (`records::names`);
+//! - `acks`: (a delivered batch's highest place + 1) → [`records::AckRecord`]: when the admin
+//!   acknowledged it and the line each run's "callback finish" takes in its log, read by
+//!   `/log` (see `logs`); added in a schema-3 release, and a release without it ignores it;
 //! - `outbox`: empty; schema 2 kept its callbacks there (sequence → [`OutboxEntry`]).
 //!
 //! Values of `runs` and `keys` are in the store's own encoding (see `records::v2`); a store
@@ -185,6 +188,9 @@ struct Inner {
     cfg: StoreConfig,
     /// The watermark of delivered callbacks lives here (see `outbox`).
     meta: sled::Tree,
+    /// The admin's acknowledgements of callback batches, which give the runs' logs their
+    /// "callback finish" lines (see [`records::AckRecord`]).
+    acks: sled::Tree,
     /// The waiting callbacks' order and the oldest of them.
     waiting: outbox::Waiting,
     /// The logIds written since open above the highest held then (see [`Store::has_run`]).

@@ -101,6 +101,7 @@ impl Store {
         let logs = open("logs")?;
         let fleet_keys = open("fleet_keys")?;
         let meta = open("meta")?;
+        let acks = open("acks")?;
         let integrity =
             super::anchor::after_open(&dir, &db, meta.clone(), &runs, anchor).map_err(&unusable)?;
         let names = super::records::names::HandlerNames::open(meta.clone())
@@ -164,6 +165,7 @@ impl Store {
             pending_removals: std::sync::Mutex::new(Vec::new()),
             cfg,
             meta,
+            acks,
             waiting: super::outbox::Waiting::new(delivered_below),
             held: super::held::Held::new(highest),
             flush_tx,

@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use super::records::{run_key, OutboxEntry, RunRecord};
+use super::records::{ack_key, run_key, AckRecord, OutboxEntry, RunRecord};
 use super::{Result, Store};
 use crate::clock;
 use crate::job::{Callback, LogId, Outcome, RunState};
@@ -338,7 +338,23 @@ impl Store {
     ///
     /// # Errors
     /// I/O.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn ack(&self, batch: &[(u64, OutboxEntry)]) -> Result<()> {
+        self.ack_with_lines(batch, &[])
+    }
+
+    /// [`Store::ack`], and each run's "callback finish" line (its number in the run's log) in
+    /// one more write for the whole batch, an [`AckRecord`]: `/log` shows the line from it
+    /// (see `logs`). Written after the watermark, and sled recovers a prefix of its writes,
+    /// so a line that a flush made durable means a durable acknowledgement.
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn ack_with_lines(
+        &self,
+        batch: &[(u64, OutboxEntry)],
+        lines: &[(LogId, u32)],
+    ) -> Result<()> {
         let Some(highest) = batch.iter().map(|(seq, _)| *seq).max() else {
             return Ok(());
         };
@@ -365,6 +381,69 @@ impl Store {
                 .waiting
                 .delivered_below
                 .store(below, Ordering::Release);
+        }
+        drop(st);
+        if !lines.is_empty() {
+            let rec = AckRecord {
+                at_ms: clock::now_ms(),
+                lines: lines.to_vec(),
+            };
+            self.inner
+                .acks
+                .insert(ack_key(highest.saturating_add(1)), rec.encode())?;
+        }
+        Ok(())
+    }
+
+    /// A reported run's "callback finish" line: its number in the run's log and when the
+    /// admin acknowledged the callback. `None` while the callback waits, and for runs whose
+    /// acknowledgement has no line (an older release's, or pruned).
+    ///
+    /// # Errors
+    /// I/O or a corrupt record.
+    pub(super) fn callback_line(&self, rec: &RunRecord) -> Result<Option<(u32, i64)>> {
+        let Some(seq) = rec.outbox_seq else {
+            return Ok(None);
+        };
+        if self.derived_state(rec) != RunState::Reported {
+            return Ok(None);
+        }
+        // The batch that carried it is the first above its place; one sent again after a
+        // crash may be a later one.
+        const LOOKED_AT: usize = 4;
+        let id = rec.trigger.log_id;
+        for item in self
+            .inner
+            .acks
+            .range(ack_key(seq.saturating_add(1))..)
+            .take(LOOKED_AT)
+        {
+            let (_, v) = item?;
+            let a = AckRecord::decode(&v)?;
+            if let Some(&(_, line)) = a.lines.iter().find(|(l, _)| *l == id) {
+                return Ok(Some((line, a.at_ms)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The watermark now: acknowledgements made from here on have keys above it (see
+    /// [`Store::prune_acks`]).
+    pub(super) fn delivered_below(&self) -> u64 {
+        self.inner.waiting.delivered_below()
+    }
+
+    /// Removes the acknowledgements whose runs have all left the journal: those of places
+    /// below `end`, which is at most the lowest place of a finished run still there and at
+    /// most the watermark when that was looked at (so a batch acknowledged meanwhile stays).
+    ///
+    /// # Errors
+    /// I/O.
+    pub(super) fn prune_acks(&self, end: u64) -> Result<()> {
+        // A key `k` covers places below `k`: all of them gone once `k <= end`.
+        for item in self.inner.acks.range(..=ack_key(end)) {
+            let (k, _) = item?;
+            self.inner.acks.remove(k)?;
         }
         Ok(())
     }

@@ -40,7 +40,8 @@ impl Store {
 
     /// Prunes reported runs (and their logs) older than `max_age`, then the oldest reported runs
     /// while the store is over its byte budget. Unfinished runs and the outbox are never pruned.
-    /// Expired idempotency keys go too. Returns the number of runs removed.
+    /// Expired idempotency keys go too, and the callback acknowledgements (`acks`) whose runs
+    /// have all gone. Returns the number of runs removed.
     ///
     /// Before a run leaves the journal, the pruned watermark (see [`Store::pruned_watermark`])
     /// is raised over it, in the same sled log: a flush that makes the removal durable makes
@@ -66,6 +67,8 @@ impl Store {
         // Keys to remove, with the record when it names a large-trigger file.
         let mut chunk: Vec<(sled::IVec, LogId, Option<RunRecord>)> = Vec::new();
         let mut mark: Option<(LogId, i64)> = None;
+        // Batches acknowledged from now on are kept whatever the scan finds.
+        let mut acks_end = self.delivered_below();
         let mut iter = self.inner.runs.iter();
         loop {
             let item = iter.next();
@@ -73,12 +76,15 @@ impl Store {
             if let Some(item) = item {
                 let (k, v) = item?;
                 let rec = RunRecord::decode(&v, &self.inner.names)?;
+                let kept_place = rec.outbox_seq.unwrap_or(u64::MAX);
                 if self.derived_state(&rec) != RunState::Reported {
+                    acks_end = acks_end.min(kept_place);
                     continue;
                 }
                 let old = cutoff.is_some_and(|c| rec.finished_ms.unwrap_or(rec.accepted_ms) < c);
                 let budget = budget_removed < budget_quota;
                 if !(old || budget) {
+                    acks_end = acks_end.min(kept_place);
                     continue;
                 }
                 if !old {
@@ -109,6 +115,7 @@ impl Store {
                 break;
             }
         }
+        self.prune_acks(acks_end)?;
         for item in self.inner.keys.iter() {
             let (k, v) = item?;
             if KeyRecord::decode(&v).map_or(true, |kr| kr.expires_ms <= now) {

@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use super::records::run_key;
+use super::records::{run_key, AckRecord};
 use super::*;
 use crate::job::{Callback, Glue, LogId, Outcome, OutcomeKind, RunState, Trigger};
 
@@ -369,7 +369,16 @@ async fn over_budget_prunes_only_reported_runs_oldest_first() {
             .unwrap();
     }
     let all = s.outbox_batch(100).unwrap();
-    s.ack(&all[..18]).unwrap(); // 19 and 20 still wait for the admin
+    // 19 and 20 still wait for the admin; 1 to 18 went in three batches, whose
+    // acknowledgements number each run's "callback finish" line.
+    for b in all[..18].chunks(6) {
+        let lines: Vec<_> = b.iter().map(|(_, e)| (e.callback.log_id, 2)).collect();
+        s.ack_with_lines(b, &lines).unwrap();
+    }
+    assert_eq!(raw_tree(&s, "acks").len(), 3);
+    let p = s.read_log(LogId(18), 1, 10, 1024).unwrap().unwrap();
+    assert_eq!(p.to, 2);
+    assert!(p.lines[1].ends_with("callback finish."), "{:?}", p.lines);
     s.insert_accepted(&trig(21), false).unwrap(); // never started
     s.insert_accepted(&trig(22), false).unwrap();
     s.mark_running(LogId(22), None).unwrap(); // running
@@ -381,9 +390,13 @@ async fn over_budget_prunes_only_reported_runs_oldest_first() {
     );
     assert!(!s.has_run(LogId(1)).unwrap(), "the oldest goes first");
     assert!(s.read_log(LogId(1), 1, 10, 1024).unwrap().is_none());
+    // A batch's acknowledgement goes with the last of its runs.
+    let batches_left = 3 - first as usize / 6;
+    assert_eq!(raw_tree(&s, "acks").len(), batches_left, "{first} pruned");
     for _ in 0..40 {
         s.prune(None).unwrap();
     }
+    assert!(raw_tree(&s, "acks").is_empty());
     let left: Vec<i64> = s
         .recent_runs(100)
         .unwrap()
@@ -780,6 +793,26 @@ fn v2_records_round_trip_and_are_small() {
         expires_ms: i64::MIN,
     };
     assert_eq!(KeyRecord::decode(&k.encode()).unwrap(), k);
+    // A batch's acknowledgement: logIds as differences, negative and far apart too.
+    let a = AckRecord {
+        at_ms: 1_717_171_717_000,
+        lines: (0..50)
+            .map(|i| (LogId(1_000_000 + i), 4))
+            .chain([
+                (LogId(-5), 1),
+                (LogId(i64::MAX), u32::MAX),
+                (LogId(i64::MIN), 0),
+            ])
+            .collect(),
+    };
+    let b = a.encode();
+    assert_eq!(AckRecord::decode(&b).unwrap(), a);
+    assert!(b.len() < 12 + 50 * 2 + 3 * 16, "{} bytes", b.len());
+    let empty = AckRecord {
+        at_ms: 0,
+        lines: vec![],
+    };
+    assert_eq!(AckRecord::decode(&empty.encode()).unwrap(), empty);
     let t = full_record().trigger;
     let mut file = Vec::new();
     v2::put_bulk_trigger(&mut file, &t);
@@ -822,6 +855,11 @@ fn damaged_values_are_errors_never_panics() {
             expires_ms: 1,
         }
         .encode(),
+        AckRecord {
+            at_ms: 1,
+            lines: vec![(LogId(7), 3), (LogId(9), 4)],
+        }
+        .encode(),
     ];
     let mut file = vec![];
     v2::put_bulk_trigger(&mut file, &full_record().trigger);
@@ -830,6 +868,7 @@ fn damaged_values_are_errors_never_panics() {
         let _ = RunRecord::decode(b, &n);
         let _ = OutboxEntry::decode(b);
         let _ = KeyRecord::decode(b);
+        let _ = AckRecord::decode(b);
         let _ = super::records::decode_bulk_trigger(b);
     };
     // Every truncation of a valid value is refused with a store error.
@@ -982,7 +1021,9 @@ fn raw_tree(s: &Store, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
     let t = match name {
         "runs" => &s.inner.runs,
         "outbox" => &s.inner.db.open_tree("outbox").unwrap(),
-        _ => &s.inner.keys,
+        "acks" => &s.inner.acks,
+        "keys" => &s.inner.keys,
+        _ => panic!("no tree {name}"),
     };
     t.iter()
         .map(|i| {

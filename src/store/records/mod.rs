@@ -100,6 +100,18 @@ pub struct OutboxEntry {
     pub kind: Option<OutcomeKind>,
 }
 
+/// An admin's acknowledgement of one batch of callbacks, kept for the runs' logs: when it came
+/// and which line of each run's log is its "callback finish". One write per batch instead of
+/// one log line per run (see `logs`: the line is made from this when `/log` reads). Keyed by
+/// the batch's highest place in the delivery order, plus one ([`ack_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckRecord {
+    /// When the admin answered (epoch ms): the line's time.
+    pub at_ms: i64,
+    /// Each run of the batch with the number of its line.
+    pub lines: Vec<(LogId, u32)>,
+}
+
 /// An idempotency key's record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {
@@ -145,6 +157,21 @@ impl OutboxEntry {
     }
 }
 
+impl AckRecord {
+    /// The schema-2 bytes.
+    pub(super) fn encode(&self) -> Vec<u8> {
+        v2::ack_record(self)
+    }
+
+    /// Reads a schema-2 value.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] for anything else.
+    pub(super) fn decode(v: &[u8]) -> Result<Self> {
+        v2::ack_record_of(v).map_err(StoreError::Corrupt)
+    }
+}
+
 impl KeyRecord {
     /// The schema-2 bytes.
     pub(super) fn encode(&self) -> Vec<u8> {
@@ -181,6 +208,12 @@ pub(super) fn run_key(id: LogId) -> [u8; 8] {
 pub(super) fn run_id(key: &[u8]) -> Option<LogId> {
     let b: [u8; 8] = key.get(..8)?.try_into().ok()?;
     Some(LogId((u64::from_be_bytes(b) ^ (1 << 63)) as i64))
+}
+
+/// An [`AckRecord`]'s key: big-endian, so the first key above a callback's place is the batch
+/// that carried it.
+pub(super) fn ack_key(below: u64) -> [u8; 8] {
+    below.to_be_bytes()
 }
 
 pub(super) fn log_key(id: LogId, line: u32) -> [u8; 12] {

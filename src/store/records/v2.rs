@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use super::{Bulk, KeyRecord, OutboxEntry, RunRecord};
+use super::{AckRecord, Bulk, KeyRecord, OutboxEntry, RunRecord};
 use crate::job::{
     BlockStrategy, Callback, Glue, GlueKind, JobId, LogId, Outcome, OutcomeKind, RunState, Trigger,
 };
@@ -632,6 +632,42 @@ pub(in crate::store) fn key_record_of(b: &[u8]) -> Result<KeyRecord, String> {
         succeeded,
         expires_ms,
     })
+}
+
+/// A batch's acknowledgement: FORMAT, time, count, then per run its logId as the difference
+/// from the one before (a batch's logIds are close together: one or two bytes each) and its
+/// line number.
+pub(in crate::store) fn ack_record(a: &AckRecord) -> Vec<u8> {
+    let mut s = Vec::with_capacity(12 + 4 * a.lines.len());
+    s.push(FORMAT);
+    put_i64(&mut s, a.at_ms);
+    put_u64(&mut s, a.lines.len() as u64);
+    let mut prev = 0i64;
+    for &(id, line) in &a.lines {
+        put_i64(&mut s, id.0.wrapping_sub(prev));
+        put_u64(&mut s, u64::from(line));
+        prev = id.0;
+    }
+    s
+}
+
+pub(in crate::store) fn ack_record_of(b: &[u8]) -> Result<AckRecord, String> {
+    let mut r = Reader::new(b, "callback acknowledgement")?;
+    let at_ms = r.i64()?;
+    let n = r.u64()?;
+    // Each run takes at least two bytes: a count beyond the value is damage.
+    if n > (r.b.len() / 2) as u64 {
+        return Err(r.err("more runs than the value holds"));
+    }
+    let mut lines = Vec::with_capacity(n as usize);
+    let mut prev = 0i64;
+    for _ in 0..n {
+        let id = prev.wrapping_add(r.i64()?);
+        lines.push((LogId(id), r.u32()?));
+        prev = id;
+    }
+    r.end()?;
+    Ok(AckRecord { at_ms, lines })
 }
 
 /// The handler names table: FORMAT, count, names in number order.
