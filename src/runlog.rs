@@ -38,6 +38,11 @@ pub(crate) const START_LINE_PARAM_BYTES: usize = 4 * 1024;
 /// bookkeeping. Without it a flood of empty lines would be free.
 const LINE_OVERHEAD: u64 = 16;
 
+/// A run's buffered lines up to this many bytes are kept in its finished record when it ends
+/// (see [`RunLog::save_with_outcome`]); more are written as a chunk of their own, so that a
+/// record, which sled rewrites with its neighbours in the journal's leaves, stays small.
+const TAIL_BYTES: usize = 2048;
+
 /// A buffered chunk is written once it holds this many bytes, so a chatty handler makes values
 /// of bounded size (sled keeps large values out of line, at a cost) and memory stays bounded.
 const CHUNK_BYTES: usize = 32 * 1024;
@@ -113,6 +118,19 @@ struct Unflushed {
     /// saw `/log` serve a line unflushed (a handle dropped right after "callback finish"
     /// wrote it) and a restart take it back.
     in_flight: AtomicUsize,
+}
+
+impl Unflushed {
+    /// Enters a write: `epoch` is the store's flush epoch read after it (a flush that began
+    /// after it carries the write; one that began before may have missed it), `since` when
+    /// its oldest bounded line was written.
+    fn written(&self, epoch: u64, since: Option<Instant>) {
+        let mut w = lock(&self.writes);
+        match w.back_mut() {
+            Some((e, t)) if *e == epoch => *t = (*t).into_iter().chain(since).min(),
+            _ => w.push_back((epoch, since)),
+        }
+    }
 }
 
 /// Per-log memory for logs whose runs ended, within a budget of cost: the last line numbers
@@ -289,13 +307,7 @@ impl RunLogs {
         // A `/log` reader that sees the line before its entry below counts it as unflushed.
         unflushed.in_flight.fetch_add(1, Ordering::SeqCst);
         let res = self.inner.store.ack_with_lines(batch, &lines);
-        let epoch = self.inner.store.flush_epoch();
-        {
-            let mut w = lock(&unflushed.writes);
-            if w.back().is_none_or(|(e, _)| *e != epoch) {
-                w.push_back((epoch, None));
-            }
-        }
+        unflushed.written(self.inner.store.flush_epoch(), None);
         unflushed.in_flight.fetch_sub(1, Ordering::SeqCst);
         res
     }
@@ -402,16 +414,7 @@ impl LogInner {
         let unflushed = &self.unflushed_writes;
         unflushed.in_flight.fetch_add(1, Ordering::SeqCst);
         let res = self.store.append_log_chunk(self.log_id, first, &p.lines);
-        // Read after the write: a flush that begins after this epoch carries the chunk (one
-        // that began before may have missed it).
-        let epoch = self.store.flush_epoch();
-        let since = p.since.take();
-        let mut w = lock(&unflushed.writes);
-        match w.back_mut() {
-            Some((e, t)) if *e == epoch => *t = (*t).into_iter().chain(since).min(),
-            _ => w.push_back((epoch, since)),
-        }
-        drop(w);
+        unflushed.written(self.store.flush_epoch(), p.since.take());
         unflushed.in_flight.fetch_sub(1, Ordering::SeqCst);
         p.lines.clear();
         p.bytes = 0;
@@ -480,10 +483,42 @@ impl RunLog {
         }
     }
 
-    /// Writes what this run's log buffered to the store (riding the next flush). The runner
-    /// calls it before it records the outcome, so the outcome's flush carries the whole log.
+    /// Writes what this run's log buffered to the store (riding the next flush).
+    #[cfg(test)]
     pub(crate) fn save(&self) {
         self.inner.save();
+    }
+
+    /// Writes what this run's log buffered together with the run's outcome: `finish` records
+    /// the outcome and, given the lines (the number of the first, and the lines), keeps them
+    /// in the same write (`Store::finish_with_log`). It returns its result and whether it took
+    /// the lines; lines it did not take, or more than [`TAIL_BYTES`], are written as a chunk
+    /// of their own. The lock is held throughout, so a line written meanwhile (a
+    /// late handler write, the reporter) waits and comes after them.
+    pub(crate) fn save_with_outcome<T>(
+        &self,
+        finish: impl FnOnce(Option<(u32, &[String])>) -> (T, bool),
+    ) -> T {
+        let inner = &self.inner;
+        let mut p = lock(&inner.pending);
+        if p.lines.is_empty() || p.bytes > TAIL_BYTES {
+            inner.write_locked(&mut p);
+            return finish(None).0;
+        }
+        let first = p.next - p.lines.len() as u32;
+        let unflushed = &inner.unflushed_writes;
+        unflushed.in_flight.fetch_add(1, Ordering::SeqCst);
+        let (res, taken) = finish(Some((first, &p.lines)));
+        if taken {
+            unflushed.written(inner.store.flush_epoch(), p.since.take());
+            p.lines.clear();
+            p.bytes = 0;
+        }
+        unflushed.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if !taken {
+            inner.write_locked(&mut p);
+        }
+        res
     }
 
     /// The executor's own line: prefixed, split on newlines, never dropped by the cap (each
@@ -692,6 +727,51 @@ mod tests {
         let got = lines(&store, &logs, 7);
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(logs.live(), 0, "no longer held");
+    }
+
+    /// A run's end writes its buffered lines with its outcome when they are few and the
+    /// outcome takes them; otherwise as a chunk of their own. Either way they are counted as
+    /// unflushed until a flush, and numbered as if written one by one.
+    #[tokio::test]
+    async fn an_ends_lines_go_with_the_outcome_or_on_their_own() {
+        let (_d, store, logs) = logs(1 << 20).await;
+        let finish = |id: i64, lines: Option<(u32, &[String])>| {
+            let t = crate::job::Trigger::for_test(id);
+            let kind = crate::job::OutcomeKind::Success;
+            let r = store.finish_with_log(&t, &Outcome::success(), kind, None, lines);
+            let taken = lines.is_some() && matches!(r, Ok(true));
+            (r, taken)
+        };
+        for id in [1, 2, 3] {
+            store
+                .insert_accepted(&crate::job::Trigger::for_test(id), true)
+                .unwrap();
+        }
+        // Few lines: kept in the record, nothing in the logs tree.
+        let log = logs.open_new(LogId(1));
+        log.start(None);
+        log.end(&Outcome::success());
+        assert!(log.save_with_outcome(|l| finish(1, l)).unwrap());
+        assert!(logs.unflushed());
+        assert_eq!(store.run(LogId(1)).unwrap().unwrap().log.unwrap().first, 1);
+        assert_eq!(lines(&store, &logs, 1).len(), 2);
+        log.note("late");
+        assert!(lines(&store, &logs, 1)[2].ends_with("late"));
+        // Too many bytes: a chunk of their own, and the record keeps none.
+        let log = logs.open_new(LogId(2));
+        log.write_line(&"x".repeat(TAIL_BYTES));
+        assert!(log.save_with_outcome(|l| finish(2, l)).unwrap());
+        assert!(store.run(LogId(2)).unwrap().unwrap().log.is_none());
+        assert_eq!(lines(&store, &logs, 2).len(), 1);
+        // An outcome already recorded does not take them: written on their own.
+        let log = logs.open_new(LogId(3));
+        log.write_line("first outcome");
+        assert!(log.save_with_outcome(|l| finish(3, l)).unwrap());
+        log.write_line("second");
+        assert!(!log.save_with_outcome(|l| finish(3, l)).unwrap());
+        assert_eq!(lines(&store, &logs, 3), ["first outcome", "second"]);
+        store.synced().await.unwrap();
+        assert!(!logs.unflushed());
     }
 
     /// The log flusher's clock: a line is due once it has waited, and only once.

@@ -2,11 +2,11 @@
 //! `tests/fixtures/`, made by that release's own store code, see their README) is read by this
 //! one, and the work it held goes on: queued runs run, the interrupted one is called back as
 //! such, waiting callbacks are delivered, the idempotency key holds, old logs are served.
-//! - schema 1 (JSON records) is migrated to schema 2, then 3, at the first start;
+//! - schema 1 (JSON records) is migrated to schema 2, then 3, then 4, at the first start;
 //! - schema 2 as its first releases wrote it (run records in format 0x02, log chunks in format
 //!   0x00) is migrated to schema 3: its waiting callbacks move from the outbox tree into their
 //!   runs' records; its other records and chunks are read as they are, beside the records and
-//!   chunks this release writes (0x03, 0x01).
+//!   chunks this release writes (0x03, 0x01). Then to 4, which rewrites nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -28,6 +28,7 @@ const FIXTURE_V2_V0: &str = concat!(
 );
 const MIGRATED: &str = "Migrated the store from schema 1 to schema 2.";
 const MIGRATED_3: &str = "Migrated the store from schema 2 to schema 3.";
+const MIGRATED_4: &str = "Migrated the store from schema 3 to schema 4.";
 const RESTARTED: &str = "xxl-edge restarted during the run: the executor stopped (crash, kill -9 or power loss) while this run was executing, so its result is unknown";
 
 /// A temp dir holding `data/` (the fixture, extracted) and a config for the real binary.
@@ -126,6 +127,11 @@ impl Proc {
     /// The log line of the migration from schema 2 to 3.
     fn migrated_to_3(&self) -> Option<Value> {
         self.0.find_line(|v| v["message"] == MIGRATED_3)
+    }
+
+    /// The log line of the migration from schema 3 to 4.
+    fn migrated_to_4(&self) -> Option<Value> {
+        self.0.find_line(|v| v["message"] == MIGRATED_4)
     }
 
     async fn post(&self, path: &str, body: String) -> Value {
@@ -267,6 +273,7 @@ async fn a_schema_1_store_is_migrated_and_its_work_goes_on() {
     // Then on to schema 3: the three waiting callbacks move into their runs' records.
     let m = p.migrated_to_3().expect("the second migration's log line");
     assert_eq!(m["callbacks"], 3, "{m}");
+    assert!(p.migrated_to_4().is_some(), "{}", p.0.log_text());
 
     // Queued (two small, one large), interrupted, and the three waiting callbacks; the two
     // runs reported before the upgrade are not called back again.
@@ -312,9 +319,9 @@ async fn a_schema_1_store_is_migrated_and_its_work_goes_on() {
     assert!(!delivered.contains_key(&107) && !delivered.contains_key(&108));
     assert!(p.sigterm().await.success());
 
-    // Stopped: the store is schema 3 through and through, and `state` reads it.
+    // Stopped: the store is schema 4 through and through, and `state` reads it.
     let (schema, formats) = schema_and_formats(&site.data);
-    assert_eq!(schema, 3u64.to_be_bytes());
+    assert_eq!(schema, 4u64.to_be_bytes());
     assert_eq!(formats.len(), 10 + 1, "10 runs and one key, no outbox left");
     // Runs name their handler by number (0x03), the key record is plain schema 2 (0x02).
     assert_eq!(formats[..10], [0x03; 10], "{formats:?}");
@@ -429,6 +436,7 @@ async fn a_schema_2_store_of_the_first_formats_is_read_and_its_work_goes_on() {
     assert!(p.migrated().is_none(), "{}", p.0.log_text());
     let m = p.migrated_to_3().expect("the migration's log line");
     assert_eq!(m["callbacks"], 3, "{m}");
+    assert!(p.migrated_to_4().is_some(), "{}", p.0.log_text());
     assert!(
         p.0.find_line(|v| v["message"] == CHECKED_ON_A_COPY)
             .is_none(),
@@ -531,11 +539,11 @@ async fn a_schema_2_store_of_the_first_formats_is_read_and_its_work_goes_on() {
     assert!(complaint.is_none(), "{}", p.0.log_text());
     assert!(p.sigterm().await.success());
 
-    // Stopped: schema 3. What this release wrote is in its formats, beside what it left as
+    // Stopped: schema 4. What this release wrote is in its formats, beside what it left as
     // the old one wrote it.
     let now = raw_trees(&site.data);
     let meta = &now["meta"];
-    assert_eq!(meta[&b"schema"[..]], 3u64.to_be_bytes());
+    assert_eq!(meta[&b"schema"[..]], 4u64.to_be_bytes());
     assert!(meta.contains_key(&b"handler_names"[..]), "{meta:?}");
     let runs: BTreeMap<i64, u8> = now["runs"]
         .iter()
@@ -575,11 +583,13 @@ async fn a_schema_2_store_of_the_first_formats_is_read_and_its_work_goes_on() {
             m.entry(key_log_id(k)).or_insert_with(Vec::new).push(v[0]);
             m
         });
-    // The runs that ran after the upgrade wrote lines, and 203 its restart note; 204 to 206
-    // only got their "callback finish", which is kept with the acknowledgements.
+    // Chunks of their own: 203's restart note, the large trigger's long output (210) and the
+    // skipped duplicate's line (220). The short runs that ran after the upgrade (201, 202,
+    // 221) keep their lines in their finished records, and 204 to 206 only got their
+    // "callback finish", which is kept with the acknowledgements.
     assert_eq!(
         new_chunks.keys().copied().collect::<Vec<_>>(),
-        [201, 202, 203, 210, 220, 221],
+        [203, 210, 220],
         "{new_chunks:?}"
     );
     assert!(!now["acks"].is_empty());
@@ -603,6 +613,7 @@ async fn a_schema_2_store_of_the_first_formats_is_read_and_its_work_goes_on() {
     // A second start has nothing to redo and serves the mixed logs as the first did.
     let p = Proc::start(&site.config).await;
     assert!(p.migrated_to_3().is_none(), "{}", p.0.log_text());
+    assert!(p.migrated_to_4().is_none(), "{}", p.0.log_text());
     for (id, lines) in served {
         assert_eq!(p.log_lines(id).await, lines, "logId {id}");
     }

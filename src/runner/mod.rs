@@ -516,10 +516,33 @@ impl Runner {
 
     /// Records an outcome with its callback and wakes the reporter.
     fn record(&self, t: &Trigger, outcome: &Outcome, kind: OutcomeKind, ran: Option<Duration>) {
+        self.record_with_log(t, outcome, kind, ran, None);
+    }
+
+    /// [`Runner::record`]; given the run's log, what it buffered goes in the same write as the
+    /// outcome (one sled write for a short run's end instead of two, see
+    /// `RunLog::save_with_outcome`).
+    fn record_with_log(
+        &self,
+        t: &Trigger,
+        outcome: &Outcome,
+        kind: OutcomeKind,
+        ran: Option<Duration>,
+        log: Option<&crate::runlog::RunLog>,
+    ) {
         let label = self.label(t);
         let trace = crate::telemetry::traces::span_ref(&tracing::Span::current());
         self.inner.store.outcome_begins();
-        let finished = self.inner.store.finish(t, outcome, kind, trace.clone());
+        let store = &self.inner.store;
+        let finished = match log {
+            Some(log) => log.save_with_outcome(|lines| {
+                let taken = lines.is_some();
+                let r = store.finish_with_log(t, outcome, kind, trace.clone(), lines);
+                let taken = taken && matches!(r, Ok(true));
+                (r, taken)
+            }),
+            None => store.finish(t, outcome, kind, trace.clone()),
+        };
         // Flushed soon, not waited for: the reporter waits for this same flush before it
         // sends the callback, the log flusher within `store.log_flush_ms` if no callback can
         // go out, and a crash before then reports the run as interrupted, never as run twice.

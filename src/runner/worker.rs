@@ -397,7 +397,7 @@ impl Runner {
                 log.note(&msg);
                 let outcome = Outcome::fail(msg);
                 log.end(&outcome);
-                self.record(&t, &outcome, OutcomeKind::Failed, None);
+                self.record_with_log(&t, &outcome, OutcomeKind::Failed, None, Some(&log));
                 return;
             }
         }
@@ -408,7 +408,7 @@ impl Runner {
             log.stopped(&reason);
             let outcome = Outcome::fail(format!("{reason}{}", reason::RUNNING_SUFFIX));
             log.end(&outcome);
-            self.record(&t, &outcome, OutcomeKind::Killed, None);
+            self.record_with_log(&t, &outcome, OutcomeKind::Killed, None, Some(&log));
             return;
         }
         inner.metrics.executing.inc();
@@ -478,9 +478,6 @@ impl Runner {
             kind = OutcomeKind::Killed;
         }
         log.end(&outcome);
-        // Written now, so that the flush of the outcome carries the log (its "callback
-        // finish" line is kept with the acknowledgement, see `RunLogs::callback_finish`).
-        log.save();
         inner.metrics.executing.dec();
         span.record("xxl.job.outcome.code", outcome.code);
         span.record("xxl.job.outcome", kind.as_str());
@@ -494,7 +491,10 @@ impl Runner {
                 crate::telemetry::throttle::cut(why, 1024),
             );
         }
-        self.record(&t, &outcome, kind, Some(started.elapsed()));
+        // The log goes with the outcome, so that the flush of the outcome carries it (its
+        // "callback finish" line is kept with the acknowledgement, see
+        // `RunLogs::callback_finish`).
+        self.record_with_log(&t, &outcome, kind, Some(started.elapsed()), Some(&log));
     }
 }
 

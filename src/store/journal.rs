@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use super::bulk::{bulk_bytes, stripped, write_bulk};
+use super::logs::encode_chunk;
 use super::outbox::entry_of;
-use super::records::{run_key, Bulk, RunRecord};
+use super::records::{run_key, Bulk, LogTail, RunRecord};
 use super::{Result, Store, StoreError, BULK_THRESHOLD};
 use crate::clock;
 use crate::job::{LogId, Outcome, OutcomeKind, RunState, Trigger};
@@ -217,6 +218,24 @@ impl Store {
         kind: OutcomeKind,
         trace: Option<String>,
     ) -> Result<bool> {
+        self.finish_with_log(trigger, outcome, kind, trace, None)
+    }
+
+    /// [`Store::finish`], keeping `log` (the number of its first line, and the lines) in the
+    /// record: the run's last lines and its outcome in one write. True when the outcome was
+    /// recorded, and with it the lines; false when the run had finished already, and the
+    /// caller writes the lines to the log itself.
+    ///
+    /// # Errors
+    /// I/O or a corrupt record.
+    pub fn finish_with_log(
+        &self,
+        trigger: &Trigger,
+        outcome: &Outcome,
+        kind: OutcomeKind,
+        trace: Option<String>,
+        log: Option<(u32, &[String])>,
+    ) -> Result<bool> {
         let key = run_key(trigger.log_id);
         let now = clock::now_ms();
         let old = match self.inner.runs.get(key)? {
@@ -246,6 +265,10 @@ impl Store {
         rec.outcome = Some(outcome.clone());
         rec.kind = Some(kind);
         rec.trace = trace;
+        rec.log = log.map(|(first, lines)| LogTail {
+            first,
+            chunk: encode_chunk(lines),
+        });
         let seq = self.begin_callback()?;
         rec.outbox_seq = Some(seq);
         self.holds_run(trigger.log_id);

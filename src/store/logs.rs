@@ -121,7 +121,7 @@ fn encode_into(out: &mut Vec<u8>, text: &str, prev: Option<&str>) {
 }
 
 /// A chunk of format `0x01` holding `lines` (none of which holds a `\n`).
-fn encode_chunk<S: AsRef<str>>(lines: &[S]) -> Vec<u8> {
+pub(super) fn encode_chunk<S: AsRef<str>>(lines: &[S]) -> Vec<u8> {
     let len = lines.iter().map(|l| l.as_ref().len() + 1).sum::<usize>();
     let mut v = Vec::with_capacity(len + 1);
     v.push(CHUNK_V2);
@@ -217,14 +217,38 @@ const CALLBACK_FINISH: &str = PHRASES[3];
 
 /// A page being filled, within its bounds.
 struct Page {
+    from: u32,
     lines: Vec<String>,
     bytes: usize,
     to: u32,
     max_lines: usize,
     max_bytes: usize,
+    /// The "callback finish" line, placed before the first stored line above its number
+    /// (a stored line of the same number wins: one written after a crash lost the number).
+    callback: Option<(u32, String)>,
 }
 
 impl Page {
+    /// Adds the lines of a chunk whose first line is `first`, from the page's first line on;
+    /// false once the page is full.
+    fn add_chunk(&mut self, first: u32, chunk: &[u8]) -> bool {
+        for (i, text) in chunk_texts(chunk).enumerate() {
+            let n = first.saturating_add(i as u32);
+            if n < self.from {
+                continue;
+            }
+            if let Some((c, line)) = self.callback.take_if(|(c, _)| *c <= n) {
+                if c < n && !self.push(c, line) {
+                    return false;
+                }
+            }
+            if !self.push(n, text) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Adds line `n`; false when the page is full (the line is not added).
     fn push(&mut self, n: u32, mut text: String) -> bool {
         if !self.lines.is_empty()
@@ -330,26 +354,22 @@ impl Store {
         self.append_log_chunk(id, line, &[text])
     }
 
-    /// The number of the last line of a run's log, 0 if none; its "callback finish" line
-    /// (see [`Store::ack_with_lines`]) counts.
+    /// The number of the last line of a run's log, 0 if none: in the `logs` tree, in its
+    /// finished record ([`LogTail`](super::records::LogTail)) or its "callback finish" (see [`Store::ack_with_lines`]).
     ///
     /// # Errors
     /// I/O.
     pub fn last_log_line(&self, id: LogId) -> Result<u32> {
         let stored = self.last_stored_line(id)?;
-        let acked = match self.callback_line_of(id)? {
-            Some((n, _)) => n,
-            None => 0,
+        let Some(rec) = self.run(id)? else {
+            return Ok(stored);
         };
-        Ok(stored.max(acked))
-    }
-
-    /// The "callback finish" line of a run whose callback was delivered: its number and time.
-    fn callback_line_of(&self, id: LogId) -> Result<Option<(u32, i64)>> {
-        match self.run(id)? {
-            Some(rec) => self.callback_line(&rec),
-            None => Ok(None),
-        }
+        let tail = rec.log.as_ref().map_or(0, |t| {
+            let n = chunk_texts(&t.chunk).count() as u32;
+            t.first.saturating_add(n).saturating_sub(1)
+        });
+        let acked = self.callback_line(&rec)?.map_or(0, |(n, _)| n);
+        Ok(stored.max(tail).max(acked))
     }
 
     /// The number of the last line the `logs` tree holds for a run, 0 if none.
@@ -378,9 +398,9 @@ impl Store {
     /// Reads lines `from..` of a run's log, bounded by line count and bytes. `None` when the
     /// run is unknown and has no log.
     ///
-    /// The "callback finish" line is not in the `logs` tree: it is made here, at its number,
-    /// from the acknowledgement of the batch that carried the run's callback (one write per
-    /// batch instead of a line written to each run's log).
+    /// A log is in up to three places, merged here by line number: chunks in the `logs`
+    /// tree, the lines its finished record kept ([`LogTail`](super::records::LogTail)), and the "callback finish"
+    /// line, made from the acknowledgement of the batch that carried the run's callback.
     ///
     /// # Errors
     /// I/O.
@@ -392,13 +412,26 @@ impl Store {
         max_bytes: usize,
     ) -> Result<Option<LogPage>> {
         let from = from.max(1);
-        let acked = self.callback_line_of(id)?.filter(|(n, _)| *n >= from);
-        let mut callback = acked.map(|(n, at)| {
-            let mut line = String::with_capacity(80);
-            clock::push_ts(&mut line, at);
-            line.push_str(CALLBACK_FINISH);
-            (n, line)
-        });
+        let rec = self.run(id)?;
+        let acked = match &rec {
+            Some(r) => self.callback_line(r)?,
+            None => None,
+        };
+        let mut page = Page {
+            from,
+            lines: Vec::new(),
+            bytes: 0,
+            to: 0,
+            max_lines,
+            max_bytes,
+            callback: acked.filter(|(n, _)| *n >= from).map(|(n, at)| {
+                let mut line = String::with_capacity(80);
+                clock::push_ts(&mut line, at);
+                line.push_str(CALLBACK_FINISH);
+                (n, line)
+            }),
+        };
+        let mut tail = rec.and_then(|r| r.log);
         // The chunk that holds `from` starts at or before it.
         let start = match self
             .inner
@@ -409,39 +442,34 @@ impl Store {
             Some(item) => first_line(&item?.0),
             None => from,
         };
-        let mut page = Page {
-            lines: Vec::new(),
-            bytes: 0,
-            to: 0,
-            max_lines,
-            max_bytes,
-        };
-        'chunks: for item in self
+        let mut full = false;
+        for item in self
             .inner
             .logs
             .range(log_key(id, start)..=log_key(id, u32::MAX))
         {
             let (k, v) = item?;
             let first = first_line(&k);
-            for (i, text) in chunk_texts(&v).enumerate() {
-                let n = first.saturating_add(i as u32);
-                if n < from {
-                    continue;
-                }
-                // A stored line of the same number wins (one written after a crash lost
-                // the reservation).
-                if let Some((c, line)) = callback.take_if(|(c, _)| *c <= n) {
-                    if c < n && !page.push(c, line) {
-                        break 'chunks;
-                    }
-                }
-                if !page.push(n, text) {
-                    break 'chunks;
+            if let Some(t) = tail.take_if(|t| t.first < first) {
+                if !page.add_chunk(t.first, &t.chunk) {
+                    full = true;
+                    break;
                 }
             }
+            if !page.add_chunk(first, &v) {
+                full = true;
+                break;
+            }
         }
-        if let Some((c, line)) = callback {
-            page.push(c, line);
+        if !full {
+            if let Some(t) = tail {
+                full = !page.add_chunk(t.first, &t.chunk);
+            }
+        }
+        if !full {
+            if let Some((c, line)) = page.callback.take() {
+                page.push(c, line);
+            }
         }
         let Page { lines, to, .. } = page;
         if lines.is_empty() && !self.has_run(id)? && self.last_stored_line(id)? == 0 {

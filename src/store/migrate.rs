@@ -13,6 +13,13 @@
 //!
 //! The `outbox` tree's callbacks move into their runs' records (see [`v2_to_v3`]); nothing
 //! else changes.
+//!
+//! ## Schema 3 to 4
+//!
+//! Nothing is rewritten (see [`v3_to_v4`]): schema 4 adds a field that only new records
+//! carry, the lines of a run's log kept in its finished record. The version changes so that
+//! an older release, which cannot read that field, refuses the store instead of failing on
+//! its first such record.
 
 use std::time::Instant;
 
@@ -150,6 +157,18 @@ pub(super) fn v2_to_v3(
         "Migrated the store from schema 2 to schema 3."
     );
     Ok(moved)
+}
+
+/// Schema 3 to 4: `meta.schema` becomes 4, flushed. Every schema-3 value is a valid schema-4
+/// one; only records written from now on may carry a [`LogTail`](super::records::LogTail).
+///
+/// # Errors
+/// sled's.
+pub(super) fn v3_to_v4(db: &sled::Db, meta: &sled::Tree) -> Result<(), String> {
+    meta.insert("schema", &4u64.to_be_bytes()).map_err(text)?;
+    db.flush().map_err(text)?;
+    tracing::info!("Migrated the store from schema 3 to schema 4.");
+    Ok(())
 }
 
 /// A record finished with an outbox entry's outcome.

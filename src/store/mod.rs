@@ -13,7 +13,7 @@
 //!   (`records::names`);
 //! - `acks`: (a delivered batch's highest place + 1) → [`records::AckRecord`]: when the admin
 //!   acknowledged it and the line each run's "callback finish" takes in its log, read by
-//!   `/log` (see `logs`); added in a schema-3 release, and a release without it ignores it;
+//!   `/log` (see `logs`);
 //! - `outbox`: empty; schema 2 kept its callbacks there (sequence → [`OutboxEntry`]).
 //!
 //! Values of `runs` and `keys` are in the store's own encoding (see `records::v2`); a store
@@ -88,8 +88,9 @@ const BULK_DIR: &str = "params";
 
 /// Bump when the on-disk format changes incompatibly (and teach `migrate` the step).
 /// 1: JSON of the domain types; 2: the store's own compact records (`records::v2`);
-/// 3: no outbox tree, a finished run's record is its callback (see `outbox`).
-const SCHEMA_VERSION: u64 = 3;
+/// 3: no outbox tree, a finished run's record is its callback (see `outbox`);
+/// 4: a finished record may keep the last lines of its run's log (`records::LogTail`).
+const SCHEMA_VERSION: u64 = 4;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]

@@ -117,15 +117,17 @@ impl Store {
                     .map_err(|e| unusable(e.to_string()))?;
             }
             Some(SCHEMA_VERSION) => {}
-            Some(1) => {
-                migrate::v1_to_v2(&db, &runs, &outbox, &keys, &meta, &names)
-                    .map_err(|e| unusable(format!("migrating it from schema 1 to 2: {e}")))?;
-                migrate::v2_to_v3(&db, &runs, &outbox, &meta, &names)
-                    .map_err(|e| unusable(format!("migrating it from schema 2 to 3: {e}")))?;
-            }
-            Some(2) => {
-                migrate::v2_to_v3(&db, &runs, &outbox, &meta, &names)
-                    .map_err(|e| unusable(format!("migrating it from schema 2 to 3: {e}")))?;
+            Some(v @ 1..=3) => {
+                if v == 1 {
+                    migrate::v1_to_v2(&db, &runs, &outbox, &keys, &meta, &names)
+                        .map_err(|e| unusable(format!("migrating it from schema 1 to 2: {e}")))?;
+                }
+                if v <= 2 {
+                    migrate::v2_to_v3(&db, &runs, &outbox, &meta, &names)
+                        .map_err(|e| unusable(format!("migrating it from schema 2 to 3: {e}")))?;
+                }
+                migrate::v3_to_v4(&db, &meta)
+                    .map_err(|e| unusable(format!("migrating it from schema 3 to 4: {e}")))?;
             }
             Some(v) => {
                 return Err(unusable(format!(

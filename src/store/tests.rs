@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use super::records::{run_key, AckRecord};
+use super::records::{run_key, AckRecord, LogTail};
 use super::*;
 use crate::job::{Callback, Glue, LogId, Outcome, OutcomeKind, RunState, Trigger};
 
@@ -165,7 +165,7 @@ async fn schema_2_is_migrated_repairing_a_crash_inside_finish_and_a_migration_cu
         s.durable().await.unwrap();
     }
     let s = Store::open(dir.path(), cfg()).unwrap();
-    assert_eq!(schema_of(&s), 3u64.to_be_bytes());
+    assert_eq!(schema_of(&s), SCHEMA_VERSION.to_be_bytes());
     assert!(raw_tree(&s, "outbox").is_empty());
     let r = s.recover().unwrap();
     assert!(r.queued.is_empty() && r.interrupted.is_empty(), "{r:?}");
@@ -212,7 +212,7 @@ async fn schema_2_is_migrated_repairing_a_crash_inside_finish_and_a_migration_cu
     s.durable().await.unwrap();
     drop((s, outbox));
     let s = Store::open(dir.path(), cfg()).unwrap();
-    assert_eq!(schema_of(&s), 3u64.to_be_bytes());
+    assert_eq!(schema_of(&s), SCHEMA_VERSION.to_be_bytes());
     let again = s.outbox_batch(50).unwrap();
     let mut ids: Vec<_> = again.iter().map(|(_, e)| e.callback.log_id.0).collect();
     ids.sort_unstable();
@@ -681,6 +681,10 @@ fn full_record() -> RunRecord {
             file: "1.2".into(),
             bytes: 70_000,
         }),
+        log: Some(LogTail {
+            first: u32::MAX,
+            chunk: b"\x01a\n\x00b".to_vec(),
+        }),
     }
 }
 
@@ -1053,7 +1057,7 @@ async fn a_half_migrated_store_migrates_again_at_open() {
     let (before_runs, before_outbox);
     {
         let s = Store::open(dir.path(), cfg()).unwrap();
-        assert_eq!(schema_of(&s), 3u64.to_be_bytes());
+        assert_eq!(schema_of(&s), SCHEMA_VERSION.to_be_bytes());
         for id in 1..=6 {
             s.insert_accepted(&trig(id), false).unwrap();
         }
@@ -1110,7 +1114,7 @@ async fn a_half_migrated_store_migrates_again_at_open() {
         s.durable().await.unwrap();
     }
     let s = Store::open(dir.path(), cfg()).unwrap();
-    assert_eq!(schema_of(&s), 3u64.to_be_bytes());
+    assert_eq!(schema_of(&s), SCHEMA_VERSION.to_be_bytes());
     assert!(raw_tree(&s, "outbox").is_empty());
     for t in ["runs", "keys"] {
         let format = if t == "runs" {
@@ -1190,12 +1194,77 @@ async fn a_newer_schema_is_refused() {
             .db
             .open_tree("meta")
             .unwrap()
-            .insert("schema", &4u64.to_be_bytes())
+            .insert("schema", &(SCHEMA_VERSION + 1).to_be_bytes())
             .unwrap();
         s.durable().await.unwrap();
     }
     let e = Store::open(dir.path(), cfg()).unwrap_err();
     assert!(matches!(e, StoreError::Unusable { .. }), "{e}");
+}
+
+/// Schema 3 becomes 4 with nothing rewritten: its records read as they are, and records
+/// written from then on keep their runs' last lines, which `/log` serves with the rest.
+#[tokio::test]
+async fn schema_3_becomes_4_and_finished_records_keep_their_last_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let before;
+    {
+        let s = Store::open(dir.path(), cfg()).unwrap();
+        s.insert_accepted(&trig(1), true).unwrap();
+        s.append_log_chunk(LogId(1), 1, &["first"]).unwrap();
+        s.finish(&trig(1), &Outcome::success(), OutcomeKind::Success, None)
+            .unwrap();
+        s.inner.meta.insert("schema", &3u64.to_be_bytes()).unwrap();
+        s.durable().await.unwrap();
+        before = raw_tree(&s, "runs");
+    }
+    let s = Store::open(dir.path(), cfg()).unwrap();
+    assert_eq!(schema_of(&s), 4u64.to_be_bytes());
+    assert_eq!(raw_tree(&s, "runs"), before, "nothing rewritten");
+    s.recover().unwrap();
+    // A run whose log is in three places: a chunk written while it ran, the lines kept in
+    // its finished record, a line written after its end; and its callback's line.
+    s.insert_accepted(&trig(2), true).unwrap();
+    s.append_log_chunk(LogId(2), 1, &["a", "b"]).unwrap();
+    let tail = ["c".to_string(), "d".to_string()];
+    let kind = OutcomeKind::Success;
+    assert!(s
+        .finish_with_log(&trig(2), &Outcome::success(), kind, None, Some((3, &tail)))
+        .unwrap());
+    assert!(
+        !s.finish_with_log(&trig(2), &Outcome::success(), kind, None, Some((5, &tail)))
+            .unwrap(),
+        "one outcome per run: the caller keeps its lines"
+    );
+    assert_eq!(s.run(LogId(2)).unwrap().unwrap().log.unwrap().first, 3);
+    assert_eq!(s.last_log_line(LogId(2)).unwrap(), 4);
+    s.append_log_chunk(LogId(2), 6, &["f"]).unwrap();
+    let batch = s.outbox_batch(10).unwrap();
+    let lines: Vec<_> = batch.iter().map(|(_, e)| (e.callback.log_id, 5)).collect();
+    s.ack_with_lines(&batch, &lines).unwrap();
+    let page = s.read_log(LogId(2), 1, 100, 1 << 20).unwrap().unwrap();
+    assert_eq!(page.to, 6);
+    assert_eq!(page.lines[..4], ["a", "b", "c", "d"]);
+    assert!(
+        page.lines[4].ends_with("callback finish."),
+        "{:?}",
+        page.lines
+    );
+    assert_eq!(page.lines[5], "f");
+    assert_eq!(s.last_log_line(LogId(2)).unwrap(), 6);
+    // Pages that start and end inside the kept lines.
+    let page = s.read_log(LogId(2), 4, 2, 1 << 20).unwrap().unwrap();
+    assert_eq!((page.to, &page.lines[0][..]), (5, "d"));
+    let page = s.read_log(LogId(2), 2, 2, 1 << 20).unwrap().unwrap();
+    assert_eq!(
+        (page.to, &page.lines[..]),
+        (3, &["b".to_string(), "c".to_string()][..])
+    );
+    // A record with kept lines reads back after a restart.
+    drop(s);
+    let s = Store::open(dir.path(), cfg()).unwrap();
+    let page = s.read_log(LogId(2), 3, 2, 1 << 20).unwrap().unwrap();
+    assert_eq!(page.lines, ["c", "d"]);
 }
 
 /// Large-trigger files written by schema 1 (JSON) are still read after the upgrade.

@@ -47,6 +47,20 @@ pub struct RunRecord {
     /// Set when the trigger's params and GLUE source were too large for the journal: `trigger`
     /// then holds neither, and until the run ends its whole trigger is in this file.
     pub bulk: Option<Bulk>,
+    /// The last lines of the run's log, written with its outcome (schema 4).
+    pub log: Option<LogTail>,
+}
+
+/// Lines of a run's log kept in its finished record instead of the `logs` tree: what the run
+/// wrote that was not yet in the store when it ended (all of a short run's log). The outcome
+/// and the lines are then one sled write, not two: a key of its own in `logs` cost as much
+/// as the outcome's record (see `logs`, which reads both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogTail {
+    /// The number of its first line.
+    pub first: u32,
+    /// The lines, encoded as a chunk of the `logs` tree is.
+    pub chunk: Vec<u8>,
 }
 
 /// Where a large trigger is kept while its run is unfinished.
@@ -74,6 +88,7 @@ impl RunRecord {
             outbox_seq: None,
             trace: None,
             bulk: None,
+            log: None,
         }
     }
 

@@ -220,6 +220,7 @@ pub(in crate::store) fn run_record(b: &[u8]) -> serde_json::Result<RunRecord> {
             file: b.file,
             bytes: b.bytes,
         }),
+        log: None,
     })
 }
 

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use super::{AckRecord, Bulk, KeyRecord, OutboxEntry, RunRecord};
+use super::{AckRecord, Bulk, KeyRecord, LogTail, OutboxEntry, RunRecord};
 use crate::job::{
     BlockStrategy, Callback, Glue, GlueKind, JobId, LogId, Outcome, OutcomeKind, RunState, Trigger,
 };
@@ -142,6 +142,12 @@ impl<'a> Reader<'a> {
     }
 
     fn str(&mut self) -> Result<String, String> {
+        let s = self.bytes()?;
+        String::from_utf8(s.to_vec()).map_err(|_| self.err("string is not UTF-8"))
+    }
+
+    /// A varint length and that many bytes.
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
         let len = self.u64()?;
         let len = usize::try_from(len)
             .ok()
@@ -149,7 +155,7 @@ impl<'a> Reader<'a> {
             .ok_or_else(|| self.err("string longer than the value"))?;
         let (s, rest) = self.b.split_at(len);
         self.b = rest;
-        String::from_utf8(s.to_vec()).map_err(|_| self.err("string is not UTF-8"))
+        Ok(s)
     }
 
     fn flags(&mut self, known: u64) -> Result<u64, String> {
@@ -385,7 +391,9 @@ const R_OUTBOX: u64 = 1 << 6;
 const R_BULK: u64 = 1 << 7;
 /// Schema 3: the run's trace, for its callback (schema 2 kept it in the outbox entry).
 const R_TRACE: u64 = 1 << 8;
-const R_ALL: u64 = (1 << 9) - 1;
+/// Schema 4: the last lines of the run's log (see [`LogTail`]).
+const R_LOG: u64 = 1 << 9;
+const R_ALL: u64 = (1 << 10) - 1;
 
 /// `handler`: the handler's number in the names table, when it has one.
 pub(in crate::store) fn run_record(rec: &RunRecord, handler: Option<u64>) -> Vec<u8> {
@@ -403,6 +411,7 @@ pub(in crate::store) fn run_record(rec: &RunRecord, handler: Option<u64>) -> Vec
         (rec.outbox_seq.is_some(), R_OUTBOX),
         (rec.bulk.is_some(), R_BULK),
         (rec.trace.is_some(), R_TRACE),
+        (rec.log.is_some(), R_LOG),
     ] {
         if set {
             f |= bit;
@@ -449,6 +458,11 @@ pub(in crate::store) fn run_record(rec: &RunRecord, handler: Option<u64>) -> Vec
     }
     if let Some(t) = &rec.trace {
         put_str(&mut s, t);
+    }
+    if let Some(l) = &rec.log {
+        put_u64(&mut s, u64::from(l.first));
+        put_u64(&mut s, l.chunk.len() as u64);
+        s.extend_from_slice(&l.chunk);
     }
     s
 }
@@ -524,6 +538,14 @@ pub(in crate::store) fn run_record_of(
     } else {
         None
     };
+    let log = if f & R_LOG != 0 {
+        Some(LogTail {
+            first: r.u32()?,
+            chunk: r.bytes()?.to_vec(),
+        })
+    } else {
+        None
+    };
     r.end()?;
     Ok(RunRecord {
         trigger,
@@ -537,6 +559,7 @@ pub(in crate::store) fn run_record_of(
         outbox_seq,
         trace,
         bulk,
+        log,
     })
 }
 
