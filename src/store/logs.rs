@@ -365,7 +365,7 @@ impl Store {
             return Ok(stored);
         };
         let tail = rec.log.as_ref().map_or(0, |t| {
-            let n = chunk_texts(&t.chunk).count() as u32;
+            let n = chunk_lines(&t.chunk).1.count() as u32;
             t.first.saturating_add(n).saturating_sub(1)
         });
         let acked = self.callback_line(&rec)?.map_or(0, |(n, _)| n);
