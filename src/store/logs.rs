@@ -355,7 +355,8 @@ impl Store {
     }
 
     /// The number of the last line of a run's log, 0 if none: in the `logs` tree, in its
-    /// finished record ([`LogTail`](super::records::LogTail)) or its "callback finish" (see [`Store::ack_with_lines`]).
+    /// finished record ([`LogTail`](super::records::LogTail)) or its "callback finish" (see
+    /// [`Store::ack_with_lines`]).
     ///
     /// # Errors
     /// I/O.
@@ -399,8 +400,9 @@ impl Store {
     /// run is unknown and has no log.
     ///
     /// A log is in up to three places, merged here by line number: chunks in the `logs`
-    /// tree, the lines its finished record kept ([`LogTail`](super::records::LogTail)), and the "callback finish"
-    /// line, made from the acknowledgement of the batch that carried the run's callback.
+    /// tree, the lines its finished record kept ([`LogTail`](super::records::LogTail)), and
+    /// the "callback finish" line, made from the acknowledgement of the batch that carried
+    /// the run's callback.
     ///
     /// # Errors
     /// I/O.
