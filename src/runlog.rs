@@ -73,7 +73,7 @@ struct Shared {
     /// reporter's "callback finish" follows each run's end, and finding the last line in the
     /// store (a reverse range scan in sled) was ~7 % of the executor's CPU under load.
     /// Lock order: `live`, then this.
-    ended: Mutex<OldestKept<u32>>,
+    ended: Mutex<Ended>,
     unflushed_writes: Arc<Unflushed>,
     /// Called when a line cannot be written (counted and logged by the owner).
     on_error: Box<dyn Fn(&StoreError) + Send + Sync>,
@@ -135,70 +135,50 @@ impl Unflushed {
     }
 }
 
-/// Per-log memory for logs whose runs ended, within a budget of cost: the last line numbers
-/// of logs whose last handle went (`Shared::ended`, each costs 1).
+/// The last line numbers of logs whose last handle went.
 ///
-/// When full, the oldest are kept and the new are not taken: the reporter asks for them in the
-/// order their runs ended, so forgetting the oldest first made every lookup miss as soon as
-/// more than [`ENDED_KEPT`] callbacks waited (measured in the e2e load: the store answered every
-/// "callback finish" from then on, 4 % of the executor's CPU). What was kept longer than
-/// [`ENDED_AGE`] ago makes room.
-struct OldestKept<V> {
-    /// The value, when it was kept (which entry of `order` is current), and its cost.
-    entries: HashMap<LogId, (V, Instant, usize)>,
-    used: usize,
-    budget: usize,
-    /// In the order kept; may still name logs taken since (bounded all the same).
+/// When full, the oldest are kept and the new are not remembered: the reporter asks for them
+/// in the order their runs ended, so forgetting the oldest first made every lookup miss as
+/// soon as more than [`ENDED_KEPT`] callbacks waited (measured in the e2e load: the store
+/// answered every "callback finish" from then on, 4 % of the executor's CPU). What was
+/// remembered longer than [`ENDED_AGE`] ago makes room.
+#[derive(Default)]
+struct Ended {
+    /// The last line, and when it was remembered (which entry of `order` is current).
+    last: HashMap<LogId, (u32, Instant)>,
+    /// In the order remembered; may still name logs taken since (bounded all the same).
     order: VecDeque<(LogId, Instant)>,
 }
 
-impl<V> OldestKept<V> {
-    fn new(budget: usize) -> Self {
-        Self {
-            entries: HashMap::new(),
-            used: 0,
-            budget,
-            order: VecDeque::new(),
-        }
+impl Ended {
+    fn take(&mut self, id: LogId) -> Option<u32> {
+        self.last.remove(&id).map(|(line, _)| line)
     }
 
-    fn take(&mut self, id: LogId) -> Option<V> {
-        let (v, _, cost) = self.entries.remove(&id)?;
-        self.used -= cost;
-        Some(v)
-    }
-
-    /// Keeps `v` for `id` unless full. Returns whether it was kept, and the values let go
-    /// (the one not kept among them), for the caller to drop outside its lock.
-    fn keep(&mut self, id: LogId, v: V, cost: usize) -> (bool, Vec<V>) {
+    fn remember(&mut self, id: LogId, line: u32) {
         let now = Instant::now();
-        let full = |k: &Self| k.used + cost > k.budget;
-        let mut gone: Vec<V> = self.take(id).into_iter().collect();
         while let Some(&(old, at)) = self.order.front() {
-            let current = self.entries.get(&old).is_some_and(|e| e.1 == at);
+            let current = self.last.get(&old).is_some_and(|e| e.1 == at);
             if current {
                 let expired = now.saturating_duration_since(at) > ENDED_AGE;
-                if !(expired && full(self)) {
+                if !(expired && self.last.len() >= ENDED_KEPT) {
                     break;
                 }
-                gone.extend(self.take(old));
+                self.last.remove(&old);
             }
             self.order.pop_front();
         }
-        if full(self) {
-            gone.push(v);
-            return (false, gone);
+        if self.last.len() >= ENDED_KEPT && !self.last.contains_key(&id) {
+            return;
         }
-        self.entries.insert(id, (v, now, cost));
-        self.used += cost;
+        self.last.insert(id, (line, now));
         self.order.push_back((id, now));
         // Logs taken out of order leave their names behind the front.
-        if self.order.len() > 2 * self.entries.len().max(64) {
-            let entries = &self.entries;
+        if self.order.len() > 2 * ENDED_KEPT {
+            let last = &self.last;
             self.order
-                .retain(|(id, at)| entries.get(id).is_some_and(|e| e.1 == *at));
+                .retain(|(id, at)| last.get(id).is_some_and(|e| e.1 == *at));
         }
-        (true, gone)
     }
 }
 
@@ -228,7 +208,7 @@ impl RunLogs {
                 store,
                 cap,
                 live: Mutex::new(HashMap::new()),
-                ended: Mutex::new(OldestKept::new(ENDED_KEPT)),
+                ended: Mutex::new(Ended::default()),
                 unflushed_writes: Arc::default(),
                 on_error: Box::new(on_error),
             }),
@@ -442,7 +422,7 @@ impl Drop for LogInner {
                 live.remove(&self.log_id);
                 if self.remember_end.load(Ordering::Relaxed) {
                     let last = lock(&self.pending).next.saturating_sub(1);
-                    lock(&shared.ended).keep(self.log_id, last, 1);
+                    lock(&shared.ended).remember(self.log_id, last);
                 }
             }
         }
@@ -862,7 +842,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
         };
-        let remembered = |id: i64| lock(&logs.inner.ended).entries.contains_key(&LogId(id));
+        let remembered = |id: i64| lock(&logs.inner.ended).last.contains_key(&LogId(id));
         let log = logs.open_new(LogId(5));
         log.start(None);
         log.write_line("a\nb");
@@ -907,7 +887,7 @@ mod tests {
             logs.take_line(LogId(id));
         }
         let e = lock(&logs.inner.ended);
-        assert!(e.entries.len() <= ENDED_KEPT && e.order.len() <= 2 * ENDED_KEPT);
+        assert!(e.last.len() <= ENDED_KEPT && e.order.len() <= 2 * ENDED_KEPT);
     }
 
     /// Issue 9 #14: params of newlines were a system line outside the cap.
