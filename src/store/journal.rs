@@ -238,10 +238,7 @@ impl Store {
     ) -> Result<bool> {
         let key = run_key(trigger.log_id);
         let now = clock::now_ms();
-        let old = match self.inner.runs.get(key)? {
-            Some(v) => Some(RunRecord::decode(&v, &self.inner.names)?),
-            None => None,
-        };
+        let old = self.run(trigger.log_id)?;
         if old
             .as_ref()
             .is_some_and(|r| matches!(r.state, RunState::Finished | RunState::Reported))

@@ -312,11 +312,7 @@ impl Store {
         }
         let mut gone = Vec::new();
         for (seq, id) in places {
-            let rec = match self.inner.runs.get(run_key(id))? {
-                Some(v) => Some(RunRecord::decode(&v, &self.inner.names)?),
-                None => None,
-            };
-            match rec.and_then(|r| entry_of(&r, seq)) {
+            match self.run(id)?.and_then(|r| entry_of(&r, seq)) {
                 Some(e) => batch.push((seq, e)),
                 None => gone.push(seq),
             }
