@@ -2,12 +2,13 @@
 //! shutdown (protocol §4.1, §4.3, §4.4).
 
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -187,7 +188,7 @@ enum Prep {
 }
 
 enum End {
-    Done(Result<Outcome, tokio::task::JoinError>),
+    Done(Result<Outcome, Panic>),
     Timeout,
     Stopped,
 }
@@ -423,10 +424,7 @@ impl Runner {
         let started = Instant::now();
         let cancel = w.stop.child_token();
         let ctx = JobContext::new(&t, JobLog::new(Arc::new(log.clone())), cancel.clone());
-        let mut task: JoinHandle<Outcome> = tokio::spawn(tracing::Instrument::instrument(
-            w.handler.call(ctx),
-            span.clone(),
-        ));
+        let mut task = handler_run(&w.handler, ctx, span.clone());
 
         let timeout = t.timeout;
         let end = tokio::select! {
@@ -498,21 +496,35 @@ impl Runner {
     }
 }
 
-/// Gives a cancelled handler the kill grace (plus a margin for a command's SIGKILL) to return,
-/// then aborts it; an aborted command's process group is killed by its drop guard.
-async fn wind_down(mut task: JoinHandle<Outcome>, grace: Duration) {
-    let bound = grace + Duration::from_secs(1);
-    if tokio::time::timeout(bound, &mut task).await.is_err() {
-        task.abort();
-        let _ = task.await;
+/// A handler's run as the worker polls it, with its panic caught.
+type HandlerRun = Pin<Box<dyn Future<Output = Result<Outcome, Panic>> + Send>>;
+
+/// What a panicking handler left.
+type Panic = Box<dyn std::any::Any + Send>;
+
+/// The handler's run, polled by its worker instead of spawned as a task of its own: a task per
+/// run cost an allocation, a hand-off to the runtime's queue and a wake-up of the worker at its
+/// end, for a future the worker only waits on. A panic is caught here as the task's join did,
+/// including one raised by the handler function before it returns its future.
+fn handler_run(handler: &Handler, ctx: JobContext, span: tracing::Span) -> HandlerRun {
+    use futures_util::FutureExt;
+    use std::panic::AssertUnwindSafe;
+    match std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(ctx))) {
+        Ok(fut) => {
+            Box::pin(AssertUnwindSafe(tracing::Instrument::instrument(fut, span)).catch_unwind())
+        }
+        Err(p) => Box::pin(std::future::ready(Err(p))),
     }
 }
 
-fn panic_message(e: tokio::task::JoinError) -> String {
-    if e.is_cancelled() {
-        return "job handler was cancelled".into();
-    }
-    let payload = e.into_panic();
+/// Gives a cancelled handler the kill grace (plus a margin for a command's SIGKILL) to return,
+/// then drops it; a dropped command's process group is killed by its drop guard.
+async fn wind_down(task: HandlerRun, grace: Duration) {
+    let bound = grace + Duration::from_secs(1);
+    let _ = tokio::time::timeout(bound, task).await;
+}
+
+fn panic_message(payload: Panic) -> String {
     let text = payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_string())
@@ -591,6 +603,67 @@ mod tests {
         assert!(!ran.load(Ordering::SeqCst), "a refused trigger ran");
         assert!(!store.has_run(t.log_id).unwrap(), "still in the journal");
         assert_eq!(runner.inner.busy_jobs.load(Ordering::SeqCst), 0);
+    }
+
+    /// A handler that panics, in its future or before it returns one, fails its run with the
+    /// panic's text, and its worker goes on with the job's next trigger.
+    #[tokio::test]
+    async fn a_panicking_handler_fails_its_run_and_its_worker_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::defaults();
+        let store = Store::open(dir.path(), cfg.store.clone()).unwrap();
+        let mut handlers = Registry::default();
+        handlers.insert(
+            "later",
+            Handler::new(|_ctx: JobContext| async {
+                if std::hint::black_box(true) {
+                    panic!("in its future");
+                }
+                Outcome::success()
+            }),
+        );
+        handlers.insert(
+            "at_once",
+            Handler::new(|_ctx: JobContext| -> std::future::Ready<Outcome> {
+                panic!("before its future")
+            }),
+        );
+        let runner = Runner::new(
+            cfg.runner.clone(),
+            store.clone(),
+            RunLogs::new(store.clone(), 1 << 20, |_| {}),
+            Metrics::new().unwrap(),
+            handlers,
+            vec![],
+            dir.path().join("gluesource"),
+            Arc::default(),
+        );
+        store.recover().unwrap();
+        for (id, job, handler) in [(1, 1, "later"), (2, 2, "at_once"), (3, 1, "later")] {
+            let mut t = Trigger::for_test(id);
+            t.job_id = JobId(job);
+            t.handler = handler.into();
+            runner.submit(t).await.unwrap();
+        }
+        until("three callbacks wait", || store.outbox_len() == 3).await;
+        let msg = |id| {
+            let rec = store.run(LogId(id)).unwrap().unwrap();
+            let o = rec.outcome.unwrap();
+            (o.code, o.msg)
+        };
+        assert_eq!(
+            msg(1),
+            (500, Some("job handler panicked: in its future".into()))
+        );
+        assert_eq!(
+            msg(2),
+            (500, Some("job handler panicked: before its future".into()))
+        );
+        assert_eq!(
+            msg(3),
+            (500, Some("job handler panicked: in its future".into())),
+            "job 1's worker ran its next trigger"
+        );
     }
 
     /// A run's log goes to the store when the run ends, so the flush of its outcome carries
