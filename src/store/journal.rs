@@ -119,13 +119,21 @@ impl Store {
             }
         };
         let added = self.holds_run(trigger.log_id);
+        let encoded = sled::IVec::from(encoded);
         let inserted = self
             .inner
             .runs
-            .compare_and_swap(run_key(trigger.log_id), None::<&[u8]>, Some(encoded))
+            .compare_and_swap(
+                run_key(trigger.log_id),
+                None::<&[u8]>,
+                Some(encoded.clone()),
+            )
             .map_err(StoreError::from);
         match inserted {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.inner.inflight.keep(trigger.log_id.0, encoded);
+                Ok(())
+            }
             Ok(Err(_)) => {
                 // No record names the file; if this removal fails, the next open removes it.
                 if let Some(path) = file {
@@ -155,6 +163,7 @@ impl Store {
     pub fn forget_accepted(&self, id: LogId) -> Result<()> {
         if let Some(rec) = self.run(id)? {
             if matches!(rec.state, RunState::Accepted | RunState::Running) {
+                self.inner.inflight.drop_run(id.0);
                 self.inner.runs.remove(run_key(id))?;
                 self.inner.held.remove(id.0);
                 self.remove_after_flush(&rec);
@@ -181,20 +190,32 @@ impl Store {
     pub(super) fn update_run(&self, id: LogId, f: impl Fn(&mut RunRecord)) -> Result<()> {
         let key = run_key(id);
         let mut err = None;
-        self.inner.runs.fetch_and_update(key, |old| {
+        // The value of the closure's last call is the one written.
+        let mut written = None;
+        let fetched = self.inner.runs.fetch_and_update(key, |old| {
             let old = old?;
             let updated = RunRecord::decode(old, &self.inner.names).and_then(|mut r| {
                 f(&mut r);
                 r.encode(&self.inner.names)
             });
             match updated {
-                Ok(v) => Some(v),
+                Ok(v) => {
+                    let v = sled::IVec::from(v);
+                    written = Some(v.clone());
+                    Some(v)
+                }
                 Err(e) => {
                     err = Some(e);
-                    Some(old.to_vec())
+                    written = None;
+                    Some(sled::IVec::from(old))
                 }
             }
-        })?;
+        });
+        match (&fetched, written) {
+            (Ok(_), Some(v)) if err.is_none() => self.inner.inflight.replace(id.0, v),
+            _ => self.inner.inflight.drop_run(id.0),
+        }
+        fetched?;
         match err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -238,7 +259,10 @@ impl Store {
     ) -> Result<bool> {
         let key = run_key(trigger.log_id);
         let now = clock::now_ms();
-        let old = self.run(trigger.log_id)?;
+        let old = match self.inner.inflight.take(trigger.log_id.0) {
+            Some(v) => Some(RunRecord::decode(&v, &self.inner.names)?),
+            None => self.run(trigger.log_id)?,
+        };
         if old
             .as_ref()
             .is_some_and(|r| matches!(r.state, RunState::Finished | RunState::Reported))

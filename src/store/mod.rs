@@ -54,6 +54,7 @@ mod bulk;
 mod commit;
 mod health;
 mod held;
+mod inflight;
 mod journal;
 mod keys;
 mod logs;
@@ -196,6 +197,8 @@ struct Inner {
     waiting: outbox::Waiting,
     /// The logIds written since open above the highest held then (see [`Store::has_run`]).
     held: held::Held,
+    /// The records of unfinished runs accepted by this process (see `inflight`).
+    inflight: inflight::InFlight,
     flush_tx: mpsc::UnboundedSender<commit::FlushRequest>,
     /// The flush epoch read after the last recorded outcome (see [`Store::outcome_written`]).
     outcomes_epoch: AtomicU64,

@@ -170,6 +170,7 @@ impl Store {
             acks,
             waiting: super::outbox::Waiting::new(delivered_below),
             held: super::held::Held::new(highest),
+            inflight: super::inflight::InFlight::default(),
             flush_tx,
             on_flush: std::sync::OnceLock::new(),
             flushes_begun: AtomicU64::new(0),

@@ -1286,3 +1286,51 @@ async fn a_schema_1_params_file_is_read_back() {
     assert!(r.lost.is_empty(), "{:?}", r.lost);
     assert_eq!(r.queued[0].trigger, t);
 }
+
+/// A run's end keeps what its start wrote (acceptance and start times, idempotency key),
+/// whether this process accepted it (its record is kept in memory, see `inflight`) or found it
+/// in the journal at open; and a run removed while its start was being written is not brought
+/// back by its end.
+#[tokio::test]
+async fn a_runs_end_keeps_what_its_start_wrote_remembered_or_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let ended = |s: &Store, id: i64| {
+        assert!(s
+            .finish(&trig(id), &Outcome::success(), OutcomeKind::Success, None)
+            .unwrap());
+        s.run(LogId(id)).unwrap().unwrap()
+    };
+    let started;
+    {
+        let s = Store::open(dir.path(), cfg()).unwrap();
+        s.insert_accepted(&trig(1), false).unwrap();
+        s.mark_running(LogId(1), Some("k1".into())).unwrap();
+        let before = s.run(LogId(1)).unwrap().unwrap();
+        let rec = ended(&s, 1);
+        assert_eq!(rec.state, RunState::Finished);
+        assert_eq!(rec.accepted_ms, before.accepted_ms);
+        assert_eq!(rec.started_ms, before.started_ms);
+        assert_eq!(rec.idempotency_key.as_deref(), Some("k1"));
+
+        // Written as running at acceptance, then its `/run` failed: forgotten.
+        s.insert_accepted(&trig(2), true).unwrap();
+        s.forget_accepted(LogId(2)).unwrap();
+        s.mark_running(LogId(2), None).unwrap();
+        assert!(s.run(LogId(2)).unwrap().is_none(), "an update adds nothing");
+
+        s.insert_accepted(&trig(3), true).unwrap();
+        s.mark_running(LogId(3), Some("k3".into())).unwrap();
+        started = s.run(LogId(3)).unwrap().unwrap();
+        s.synced().await.unwrap();
+    }
+    let s = Store::open(dir.path(), cfg()).unwrap();
+    let rec = ended(&s, 3);
+    assert_eq!(rec.accepted_ms, started.accepted_ms);
+    assert_eq!(rec.started_ms, started.started_ms);
+    assert_eq!(rec.idempotency_key.as_deref(), Some("k3"));
+    assert!(
+        !s.finish(&trig(3), &Outcome::fail("again"), OutcomeKind::Failed, None)
+            .unwrap(),
+        "one outcome per run"
+    );
+}
