@@ -149,10 +149,11 @@ impl Store {
 }
 
 /// Under load (the last flush had company), flushes start at most this often, so each one
-/// serves more waiters. Every sled flush seals an I/O buffer and wakes sled's whole I/O thread
-/// pool; back-to-back flushes spent more CPU on that than on the writes. An idle store (a lone
-/// writer) flushes at once. 2 ms was measured again (session 4): 9 % fewer bytes written per
-/// run under load, end to end within the noise, the steady-1,000/s `/run` p50 1.1 -> 2.0 ms.
+/// serves more waiters. Every sled flush seals an I/O buffer and writes it; back-to-back
+/// flushes spent more CPU on that than on the writes. An idle store (a lone writer) flushes at
+/// once. 2 ms was measured again (sessions 4 and 11): 8-9 % fewer bytes written and 5 % less
+/// CPU per run under load, end to end within the noise, the steady-1,000/s `/run` p50
+/// 1.1 -> 1.8-2.0 ms.
 const GROUP_COMMIT_MIN_GAP: Duration = Duration::from_millis(1);
 
 /// Group commit on its own thread: every waiter that arrived while a flush ran is served by the
