@@ -691,6 +691,25 @@ fn store_refusal(e: StoreError) -> Refusal {
 mod tests {
     use super::*;
 
+    /// A runner on the default settings over `store`, for the runner's own tests.
+    pub(super) fn runner_for_test(
+        store: &Store,
+        logs: RunLogs,
+        handlers: handler::Registry,
+        dir: &std::path::Path,
+    ) -> Runner {
+        Runner::new(
+            crate::config::Config::defaults().runner,
+            store.clone(),
+            logs,
+            Metrics::new().unwrap(),
+            handlers,
+            vec![],
+            dir.join("gluesource"),
+            Arc::default(),
+        )
+    }
+
     /// Issue 8: once the store has failed, `/run` is refused at once with the fault named, and
     /// nothing is queued (a failed sled would otherwise fail or hang each step of admission).
     #[tokio::test]
@@ -703,15 +722,11 @@ mod tests {
             "h",
             Handler::new(|_ctx: handler::JobContext| async { Outcome::success() }),
         );
-        let runner = Runner::new(
-            cfg.runner.clone(),
-            store.clone(),
+        let runner = runner_for_test(
+            &store,
             RunLogs::new(store.clone(), 1 << 20, |_| {}),
-            Metrics::new().unwrap(),
             handlers,
-            vec![],
-            dir.path().join("gluesource"),
-            Arc::default(),
+            dir.path(),
         );
         let mut t = Trigger::for_test(1);
         t.handler = "h".into();

@@ -541,7 +541,6 @@ mod tests {
     use crate::handler::Registry;
     use crate::runlog::RunLogs;
     use crate::store::Store;
-    use crate::telemetry::Metrics;
 
     /// Polls a condition of the worker's state (bounded): the worker reports no event of its own.
     async fn until(what: &str, cond: impl Fn() -> bool) {
@@ -573,15 +572,11 @@ mod tests {
         });
         let mut handlers = Registry::default();
         handlers.insert("h", handler.clone());
-        let runner = Runner::new(
-            cfg.runner.clone(),
-            store.clone(),
+        let runner = super::super::tests::runner_for_test(
+            &store,
             RunLogs::new(store.clone(), 1 << 20, |_| {}),
-            Metrics::new().unwrap(),
             handlers,
-            vec![],
-            dir.path().join("gluesource"),
-            Arc::default(),
+            dir.path(),
         );
         let t = Trigger::for_test(10);
         store.insert_accepted(&t, false).unwrap();
@@ -628,15 +623,11 @@ mod tests {
                 panic!("before its future")
             }),
         );
-        let runner = Runner::new(
-            cfg.runner.clone(),
-            store.clone(),
+        let runner = super::super::tests::runner_for_test(
+            &store,
             RunLogs::new(store.clone(), 1 << 20, |_| {}),
-            Metrics::new().unwrap(),
             handlers,
-            vec![],
-            dir.path().join("gluesource"),
-            Arc::default(),
+            dir.path(),
         );
         store.recover().unwrap();
         for (id, job, handler) in [(1, 1, "later"), (2, 2, "at_once"), (3, 1, "later")] {
@@ -691,16 +682,8 @@ mod tests {
             }),
         );
         let logs = RunLogs::new(store.clone(), 1 << 20, |_| {});
-        let runner = Runner::new(
-            cfg.runner.clone(),
-            store.clone(),
-            logs.clone(),
-            Metrics::new().unwrap(),
-            handlers,
-            vec![],
-            dir.path().join("gluesource"),
-            Arc::default(),
-        );
+        let runner =
+            super::super::tests::runner_for_test(&store, logs.clone(), handlers, dir.path());
         store.recover().unwrap();
         runner.submit(Trigger::for_test(1)).await.unwrap();
         until("run 1's callback waits", || store.outbox_len() == 1).await;
