@@ -190,6 +190,8 @@ enum Prep {
 enum End {
     Done(Result<Outcome, Panic>),
     Timeout,
+    /// Done, but after its timeout (see `run_traced`).
+    Overran,
     Stopped,
 }
 
@@ -437,6 +439,12 @@ impl Runner {
             } => End::Timeout,
             () = w.stop.cancelled() => End::Stopped,
         };
+        // A handler that blocked its thread past its timeout returns before the timer could
+        // fire: it timed out all the same, as the reference's `FutureTask.get(timeout)` says.
+        let end = match end {
+            End::Done(_) if timeout.is_some_and(|d| started.elapsed() >= d) => End::Overran,
+            end => end,
+        };
         let grace = inner.cfg.kill_grace;
         let (mut outcome, mut kind) = match end {
             End::Done(Ok(o)) => {
@@ -457,6 +465,13 @@ impl Runner {
                 log.timeout();
                 cancel.cancel();
                 wind_down(task, grace).await;
+                (
+                    Outcome::code(CODE_TIMEOUT, Some(reason::TIMEOUT.into())),
+                    OutcomeKind::Timeout,
+                )
+            }
+            End::Overran => {
+                log.timeout();
                 (
                     Outcome::code(CODE_TIMEOUT, Some(reason::TIMEOUT.into())),
                     OutcomeKind::Timeout,
@@ -655,6 +670,55 @@ mod tests {
             (500, Some("job handler panicked: in its future".into())),
             "job 1's worker ran its next trigger"
         );
+    }
+
+    /// A handler that blocks its thread past the trigger's timeout (no await for the timer to
+    /// fire in) is reported as timed out when it returns, as the reference reports it; one that
+    /// awaits is stopped at its timeout.
+    #[tokio::test]
+    async fn a_handler_that_overruns_its_timeout_times_out_blocking_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::defaults();
+        let store = Store::open(dir.path(), cfg.store.clone()).unwrap();
+        let mut handlers = Registry::default();
+        handlers.insert(
+            "blocks",
+            Handler::new(|_ctx: JobContext| async {
+                std::thread::sleep(Duration::from_millis(60));
+                Outcome::success()
+            }),
+        );
+        handlers.insert(
+            "awaits",
+            Handler::new(|ctx: JobContext| async move {
+                ctx.cancelled().await;
+                Outcome::success()
+            }),
+        );
+        let runner = super::super::tests::runner_for_test(
+            &store,
+            RunLogs::new(store.clone(), 1 << 20, |_| {}),
+            handlers,
+            dir.path(),
+        );
+        store.recover().unwrap();
+        for (id, job, handler) in [(1, 1, "blocks"), (2, 2, "awaits")] {
+            let mut t = Trigger::for_test(id);
+            t.job_id = JobId(job);
+            t.handler = handler.into();
+            t.timeout = Some(Duration::from_millis(20));
+            runner.submit(t).await.unwrap();
+        }
+        until("two callbacks wait", || store.outbox_len() == 2).await;
+        for id in [1, 2] {
+            let rec = store.run(LogId(id)).unwrap().unwrap();
+            assert_eq!(rec.kind, Some(OutcomeKind::Timeout), "{id}");
+            assert_eq!(
+                rec.outcome.unwrap(),
+                Outcome::code(CODE_TIMEOUT, Some(reason::TIMEOUT.into())),
+                "{id}"
+            );
+        }
     }
 
     /// A run's log goes to the store when the run ends, so the flush of its outcome carries
