@@ -615,13 +615,41 @@ mod tests {
         assert_eq!(runner.inner.busy_jobs.load(Ordering::SeqCst), 0);
     }
 
+    /// Runs each (logId, jobId, handler, timeout) through a runner on a new store; the runs'
+    /// records once every callback waits.
+    async fn records_after(
+        handlers: Registry,
+        runs: &[(i64, i32, &str, Option<Duration>)],
+    ) -> Vec<crate::store::RunRecord> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), crate::config::Config::defaults().store).unwrap();
+        let runner = super::super::tests::runner_for_test(
+            &store,
+            RunLogs::new(store.clone(), 1 << 20, |_| {}),
+            handlers,
+            dir.path(),
+        );
+        store.recover().unwrap();
+        for &(id, job, handler, timeout) in runs {
+            let mut t = Trigger::for_test(id);
+            t.job_id = JobId(job);
+            t.handler = handler.into();
+            t.timeout = timeout;
+            runner.submit(t).await.unwrap();
+        }
+        until("every callback waits", || {
+            store.outbox_len() == runs.len() as u64
+        })
+        .await;
+        runs.iter()
+            .map(|r| store.run(LogId(r.0)).unwrap().unwrap())
+            .collect()
+    }
+
     /// A handler that panics, in its future or before it returns one, fails its run with the
     /// panic's text, and its worker goes on with the job's next trigger.
     #[tokio::test]
     async fn a_panicking_handler_fails_its_run_and_its_worker_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = crate::config::Config::defaults();
-        let store = Store::open(dir.path(), cfg.store.clone()).unwrap();
         let mut handlers = Registry::default();
         handlers.insert(
             "later",
@@ -638,37 +666,25 @@ mod tests {
                 panic!("before its future")
             }),
         );
-        let runner = super::super::tests::runner_for_test(
-            &store,
-            RunLogs::new(store.clone(), 1 << 20, |_| {}),
-            handlers,
-            dir.path(),
-        );
-        store.recover().unwrap();
-        for (id, job, handler) in [(1, 1, "later"), (2, 2, "at_once"), (3, 1, "later")] {
-            let mut t = Trigger::for_test(id);
-            t.job_id = JobId(job);
-            t.handler = handler.into();
-            runner.submit(t).await.unwrap();
-        }
-        until("three callbacks wait", || store.outbox_len() == 3).await;
-        let msg = |id| {
-            let rec = store.run(LogId(id)).unwrap().unwrap();
-            let o = rec.outcome.unwrap();
-            (o.code, o.msg)
-        };
+        let runs = [
+            (1, 1, "later", None),
+            (2, 2, "at_once", None),
+            (3, 1, "later", None),
+        ];
+        let outcomes: Vec<_> = records_after(handlers, &runs)
+            .await
+            .into_iter()
+            .map(|r| r.outcome.unwrap())
+            .collect();
+        let failed = |msg: &str| Outcome::fail(format!("job handler panicked: {msg}"));
         assert_eq!(
-            msg(1),
-            (500, Some("job handler panicked: in its future".into()))
-        );
-        assert_eq!(
-            msg(2),
-            (500, Some("job handler panicked: before its future".into()))
-        );
-        assert_eq!(
-            msg(3),
-            (500, Some("job handler panicked: in its future".into())),
-            "job 1's worker ran its next trigger"
+            outcomes,
+            [
+                failed("in its future"),
+                failed("before its future"),
+                // Job 1's worker ran its next trigger.
+                failed("in its future"),
+            ]
         );
     }
 
@@ -677,9 +693,6 @@ mod tests {
     /// awaits is stopped at its timeout.
     #[tokio::test]
     async fn a_handler_that_overruns_its_timeout_times_out_blocking_or_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = crate::config::Config::defaults();
-        let store = Store::open(dir.path(), cfg.store.clone()).unwrap();
         let mut handlers = Registry::default();
         handlers.insert(
             "blocks",
@@ -695,23 +708,10 @@ mod tests {
                 Outcome::success()
             }),
         );
-        let runner = super::super::tests::runner_for_test(
-            &store,
-            RunLogs::new(store.clone(), 1 << 20, |_| {}),
-            handlers,
-            dir.path(),
-        );
-        store.recover().unwrap();
-        for (id, job, handler) in [(1, 1, "blocks"), (2, 2, "awaits")] {
-            let mut t = Trigger::for_test(id);
-            t.job_id = JobId(job);
-            t.handler = handler.into();
-            t.timeout = Some(Duration::from_millis(20));
-            runner.submit(t).await.unwrap();
-        }
-        until("two callbacks wait", || store.outbox_len() == 2).await;
-        for id in [1, 2] {
-            let rec = store.run(LogId(id)).unwrap().unwrap();
+        let timeout = Some(Duration::from_millis(20));
+        let runs = [(1, 1, "blocks", timeout), (2, 2, "awaits", timeout)];
+        for rec in records_after(handlers, &runs).await {
+            let id = rec.trigger.log_id;
             assert_eq!(rec.kind, Some(OutcomeKind::Timeout), "{id}");
             assert_eq!(
                 rec.outcome.unwrap(),
