@@ -123,15 +123,24 @@ struct Unflushed {
 }
 
 impl Unflushed {
-    /// Enters a write: `epoch` is the store's flush epoch read after it (a flush that began
-    /// after it carries the write; one that began before may have missed it), `since` when
-    /// its oldest bounded line was written.
-    fn written(&self, epoch: u64, since: Option<Instant>) {
-        let mut w = lock(&self.writes);
-        match w.back_mut() {
-            Some((e, t)) if *e == epoch => *t = (*t).into_iter().chain(since).min(),
-            _ => w.push_back((epoch, since)),
+    /// Makes a store write of log lines that a `/log` reader may see before it is entered in
+    /// `writes`: it counts as in flight while `write` runs, and when `write` returns
+    /// `Some(since)` (it wrote; `since`: when its oldest bounded line was written) it is
+    /// entered with the flush epoch read after it (a flush that began after it carries the
+    /// write; one that began before may have missed it), before it leaves flight.
+    fn write<T>(&self, store: &Store, write: impl FnOnce() -> (T, Option<Option<Instant>>)) -> T {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let (res, wrote) = write();
+        if let Some(since) = wrote {
+            let epoch = store.flush_epoch();
+            let mut w = lock(&self.writes);
+            match w.back_mut() {
+                Some((e, t)) if *e == epoch => *t = (*t).into_iter().chain(since).min(),
+                _ => w.push_back((epoch, since)),
+            }
         }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        res
     }
 }
 
@@ -285,13 +294,10 @@ impl RunLogs {
             .iter()
             .map(|(_, e)| (e.callback.log_id, self.take_line(e.callback.log_id)))
             .collect();
-        let unflushed = &self.inner.unflushed_writes;
-        // A `/log` reader that sees the line before its entry below counts it as unflushed.
-        unflushed.in_flight.fetch_add(1, Ordering::SeqCst);
-        let res = self.inner.store.ack_with_lines(batch, &lines);
-        unflushed.written(self.inner.store.flush_epoch(), None);
-        unflushed.in_flight.fetch_sub(1, Ordering::SeqCst);
-        res
+        let store = &self.inner.store;
+        self.inner
+            .unflushed_writes
+            .write(store, || (store.ack_with_lines(batch, &lines), Some(None)))
     }
 
     /// The next line number of a run's log, taken for a line that the store makes (the
@@ -393,11 +399,10 @@ impl LogInner {
             return;
         }
         let first = p.next - p.lines.len() as u32;
-        let unflushed = &self.unflushed_writes;
-        unflushed.in_flight.fetch_add(1, Ordering::SeqCst);
-        let res = self.store.append_log_chunk(self.log_id, first, &p.lines);
-        unflushed.written(self.store.flush_epoch(), p.since.take());
-        unflushed.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let res = self.unflushed_writes.write(&self.store, || {
+            let res = self.store.append_log_chunk(self.log_id, first, &p.lines);
+            (res, Some(p.since.take()))
+        });
         p.lines.clear();
         p.bytes = 0;
         if let Err(e) = res {
@@ -488,16 +493,14 @@ impl RunLog {
             return finish(None).0;
         }
         let first = p.next - p.lines.len() as u32;
-        let unflushed = &inner.unflushed_writes;
-        unflushed.in_flight.fetch_add(1, Ordering::SeqCst);
-        let (res, taken) = finish(Some((first, &p.lines)));
+        let (res, taken) = inner.unflushed_writes.write(&inner.store, || {
+            let (res, taken) = finish(Some((first, &p.lines)));
+            ((res, taken), taken.then(|| p.since.take()))
+        });
         if taken {
-            unflushed.written(inner.store.flush_epoch(), p.since.take());
             p.lines.clear();
             p.bytes = 0;
-        }
-        unflushed.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if !taken {
+        } else {
             inner.write_locked(&mut p);
         }
         res
