@@ -77,8 +77,13 @@ fn put_i64(s: &mut impl Sink, v: i64) {
 }
 
 fn put_str(s: &mut impl Sink, v: &str) {
+    put_bytes(s, v.as_bytes());
+}
+
+/// A varint length and the bytes ([`Reader::bytes`] reads them back).
+fn put_bytes(s: &mut impl Sink, v: &[u8]) {
     put_u64(s, v.len() as u64);
-    s.put(v.as_bytes());
+    s.put(v);
 }
 
 /// A cursor over one value; every read is bounds-checked.
@@ -461,8 +466,7 @@ pub(in crate::store) fn run_record(rec: &RunRecord, handler: Option<u64>) -> Vec
     }
     if let Some(l) = &rec.log {
         put_u64(&mut s, u64::from(l.first));
-        put_u64(&mut s, l.chunk.len() as u64);
-        s.extend_from_slice(&l.chunk);
+        put_bytes(&mut s, &l.chunk);
     }
     s
 }
