@@ -433,6 +433,7 @@ impl Store {
                 (n, line)
             }),
         };
+        let known = rec.is_some();
         let mut tail = rec.and_then(|r| r.log);
         // The chunk that holds `from` starts at or before it.
         let start = match self
@@ -474,7 +475,7 @@ impl Store {
             }
         }
         let Page { lines, to, .. } = page;
-        if lines.is_empty() && !self.has_run(id)? && self.last_stored_line(id)? == 0 {
+        if lines.is_empty() && !known && self.last_stored_line(id)? == 0 {
             return Ok(None);
         }
         Ok(Some(LogPage { lines, to }))
