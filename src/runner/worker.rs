@@ -461,17 +461,12 @@ impl Runner {
                 log.exception(&msg);
                 (Outcome::fail(msg), OutcomeKind::Failed)
             }
-            End::Timeout => {
+            end @ (End::Timeout | End::Overran) => {
                 log.timeout();
-                cancel.cancel();
-                wind_down(task, grace).await;
-                (
-                    Outcome::code(CODE_TIMEOUT, Some(reason::TIMEOUT.into())),
-                    OutcomeKind::Timeout,
-                )
-            }
-            End::Overran => {
-                log.timeout();
+                if matches!(end, End::Timeout) {
+                    cancel.cancel();
+                    wind_down(task, grace).await;
+                }
                 (
                     Outcome::code(CODE_TIMEOUT, Some(reason::TIMEOUT.into())),
                     OutcomeKind::Timeout,
