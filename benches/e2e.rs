@@ -3,7 +3,9 @@
 //! admin, `/run` over many keep-alive connections across many jobIds, runs counted from accepted
 //! to callback acknowledged; then the same client against a bare warp server that only answers
 //! `{"code":200}` (the ceiling on this machine). Also the footprint: start to first `/beat`,
-//! resident memory idle and with 10,000 triggers queued, threads.
+//! resident memory idle and with 10,000 triggers queued, threads. With the throughput, what else
+//! spent the two cores (this process's client and fake admin, the hypervisor's steal, idle
+//! time), since on a shared VM they move runs/s more than a build does.
 //!
 //! `cargo bench --bench e2e` (env: `E2E_RUNS`, `E2E_CONNS`, `E2E_JOBS`, `E2E_STEADY_SECS`;
 //! `E2E_BIN` runs another build of the binary, for A/B comparisons of two builds on one day).
